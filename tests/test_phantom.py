@@ -201,7 +201,8 @@ def test_bias_field_is_smooth_and_non_trivial(clean):
     assert np.abs(log_ratio).max() <= 0.3 + 1e-4
     assert np.exp(log_ratio[body].max() - log_ratio[body].min()) > 1.15  # >15% shading across the body
     for axis in (0, 1):
-        both = np.logical_and(np.take(body, range(1, body.shape[axis]), axis), np.take(body, range(body.shape[axis] - 1), axis))
+        n = body.shape[axis]
+        both = np.take(body, range(1, n), axis) & np.take(body, range(n - 1), axis)
         step = np.abs(np.diff(log_ratio, axis=axis))[both]
         assert step.max() < 0.01  # under 1% per pixel: slowly varying
     # a multiplicative field: the same at every frame

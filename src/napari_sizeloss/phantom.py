@@ -204,7 +204,7 @@ def _draw_subject(rng: np.random.Generator) -> _Subject:
         es_phase=u(0.32, 0.38),
         rr_ms=u(750.0, 1100.0),
         anterior=theta - u(1.0, 1.4),
-        body_axes=(u(120.0, 140.0), u(85.0, 102.0)),
+        body_axes=(u(128.0, 148.0), u(92.0, 108.0)),
         body_shift=(u(10.0, 30.0), u(10.0, 30.0)),
         skin_fat=u(7.0, 16.0),
         chest_muscle=u(7.0, 12.0),
@@ -375,11 +375,16 @@ def _static_anatomy(sub: _Subject, u, v, position, spacing) -> np.ndarray:
     return image
 
 
-def _heart_extent(sub: _Subject) -> float:
-    """Radius (mm) around the LV centre that holds the whole heart in every slice and frame."""
+def _heart_extent(sub: _Subject, stack_depth: float) -> float:
+    """Half-side (mm) of a square around the LV centre that holds the whole heart in every slice and frame.
+
+    ``stack_depth`` is the largest long-axis position of a slice (mm); the LV
+    axis drifts in-plane by ``tilt`` per mm along it.
+    """
     epi = sub.cavity_radius + sub.wall
     reach = max(epi + sub.rv_crescent * sub.rv_a, sub.rv_b) + sub.rv_wall + sub.fat
-    return reach + sub.motion + 0.12 * FIELD_OF_VIEW_MM[2] * 1.5 + 8.0
+    drift = max(abs(sub.tilt[0]), abs(sub.tilt[1])) * min(stack_depth, sub.cavity_length + sub.apex_wall)
+    return reach + sub.motion + drift + 8.0
 
 
 def _render_heart(sub, background, u, v, position, c, spacing):
@@ -428,8 +433,10 @@ def _render_heart(sub, background, u, v, position, c, spacing):
     d_rv = np.where(zt(rv_scale > 0), d_rv, _FAR)
 
     image = np.broadcast_to(background, d_epi.shape).copy()
-    image = _paint(image, np.maximum(_coverage(d_epi - zt(sub.fat), width),
-                                     _coverage(d_rv - zt(sub.rv_wall + sub.fat), width)), t["fat"])
+    pericardial_fat = np.maximum(
+        _coverage(d_epi - zt(sub.fat), width), _coverage(d_rv - zt(sub.rv_wall + sub.fat), width)
+    )
+    image = _paint(image, pericardial_fat, t["fat"])
     image = _paint(image, _coverage(d_rv - zt(sub.rv_wall), width), t["myocardium"])
     image = _paint(image, _coverage(d_rv, width), t["rv_blood"])
     image = _paint(image, _coverage(d_epi, zt(w_epi)), t["myocardium"])
@@ -463,7 +470,7 @@ def _bias_field(sub: _Subject, u, v, position, strength: float) -> np.ndarray:
     vn = v / (FIELD_OF_VIEW_MM[1] / 2)
     zn = position / FIELD_OF_VIEW_MM[2]
     g = sub.bias_coeffs
-    log_field = g[0] * un + g[1] * vn + 0.5 * g[2] * un * un + 0.5 * g[3] * vn * vn + 0.5 * g[4] * un * vn + 0.5 * g[5] * zn
+    log_field = g[0] * un + g[1] * vn + 0.5 * (g[2] * un * un + g[3] * vn * vn + g[4] * un * vn + g[5] * zn)
     log_field = log_field - log_field.mean()
     peak = np.abs(log_field).max()
     if peak > 0:
@@ -539,7 +546,7 @@ def make_cine_phantom(
     image = np.repeat(static[..., None], T, axis=3)
     labels = np.zeros((X, Y, Z, T), dtype=np.uint8)
 
-    extent = _heart_extent(sub)
+    extent = _heart_extent(sub, float(position.max()))
     box = []
     for coord, centre, step in ((u, sub.centre[0], spacing[0]), (v, sub.centre[1], spacing[1])):
         lo = int(np.searchsorted(coord, centre - extent))

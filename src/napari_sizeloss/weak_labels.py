@@ -118,7 +118,7 @@ def _stamp(seeds2d: np.ndarray, centres, offsets: np.ndarray, allowed: np.ndarra
     """Write discs (``offsets`` around each centre) into ``seeds2d``, only where ``allowed``."""
     for centre in centres:
         pts = centre[None, :] + offsets
-        inside = (pts[:, 0] >= 0) & (pts[:, 0] < seeds2d.shape[0]) & (pts[:, 1] >= 0) & (pts[:, 1] < seeds2d.shape[1])
+        inside = np.all((pts >= 0) & (pts < np.asarray(seeds2d.shape)), axis=1)
         pts = pts[inside]
         keep = allowed[pts[:, 0], pts[:, 1]]
         seeds2d[pts[keep, 0], pts[keep, 1]] = code
@@ -186,10 +186,12 @@ def click_seeds(
         mask), ``SEED_BACKGROUND`` dots (always outside), 0 elsewhere.
     """
     if k < 0 or background_k < 0 or radius < 0:
-        raise ValueError(f"click counts and radius must be >= 0; got k={k}, background_k={background_k}, radius={radius}")
+        raise ValueError(
+            f"click counts and radius must be >= 0; got k={k}, background_k={background_k}, radius={radius}"
+        )
     mask = np.asarray(mask).astype(bool)
     m4 = _as_4d(mask)
-    X, Y, Z, T = m4.shape
+    _, _, Z, T = m4.shape
     if mask.ndim < 3 and slices is not None:
         raise ValueError("slices were given but the mask has no slice axis (shape (X, Y))")
     if mask.ndim < 4 and frames is not None:
