@@ -190,6 +190,11 @@ def test_dtype_none_keeps_the_on_disk_integer_type(tmp_path):
     vol = load_nifti(write(img, tmp_path / "int.nii.gz"), dtype=None)
     assert vol.data.dtype == np.int16
     np.testing.assert_array_equal(vol.data, np.asarray(img.dataobj))
+    wide = load_nifti(tmp_path / "int.nii.gz", dtype=np.float64)
+    assert wide.data.dtype == np.float64
+    np.testing.assert_array_equal(wide.data, vol.data)
+    with pytest.raises(TypeError, match="floating"):
+        load_nifti(tmp_path / "int.nii.gz", dtype=np.uint8)
 
 
 def test_mask_dtype_grows_to_uint16_for_labels_above_255(tmp_path):
@@ -391,7 +396,9 @@ def test_failed_write_leaves_an_existing_file_untouched(tmp_path, source):
     assert out.read_bytes() == b"previous result"
 
 
-def test_error_during_the_write_removes_the_temporary_and_keeps_the_old_file(tmp_path, source, monkeypatch):
+def test_error_during_the_write_removes_the_temporary_and_keeps_the_old_file(
+    tmp_path, source, monkeypatch
+):
     _, vol = source
     out = tmp_path / "mask.nii.gz"
     out.write_bytes(b"previous result")
@@ -436,6 +443,25 @@ def test_read_only_directory_is_permission_denied(tmp_path, source):
         assert files_in(locked) == []
     finally:
         locked.chmod(0o700)
+
+
+def test_permission_error_on_create_is_a_one_line_error(tmp_path, source, monkeypatch):
+    # Runs as root too: the operating system's refusal is simulated.
+    _, vol = source
+    out = tmp_path / "mask.nii.gz"
+    out.write_bytes(b"previous result")
+    listing = files_in(tmp_path)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "open", refuse)
+    with pytest.raises(NiftiError) as info:
+        save_mask(out, np.zeros(vol.data.shape, np.uint8), vol)
+    monkeypatch.undo()
+    assert str(info.value) == f"cannot write {out}: permission denied"
+    assert out.read_bytes() == b"previous result"
+    assert files_in(tmp_path) == listing
 
 
 def test_bad_suffix_overwrite_false_and_directory_target(tmp_path, source):

@@ -218,12 +218,11 @@ def load_nifti(
     _check_raw_header(raw_header, name)
     try:
         img = klass.from_filename(str(path), mmap=False)
-        data = _read_data(img, dtype, name)
         header = img.header.copy()
         affine = np.array(img.affine, dtype=np.float64)
-    except NiftiError:
-        raise
-    except MemoryError:
+        _check_affine(affine, name)  # before reading a possibly large data block
+        data = _read_data(img, dtype, name)
+    except (NiftiError, MemoryError, TypeError):
         raise
     except Exception as exc:  # nibabel, gzip, zlib, numpy: all mean a bad file
         raise NiftiError(f"cannot read {name}: {_one_line(exc)}") from exc
@@ -233,7 +232,6 @@ def load_nifti(
         header.set_data_shape(data.shape)
     if not allow_nan:
         _check_finite(data, name)
-    _check_affine(affine, name)
     return NiftiVolume(data=data, affine=affine, header=header, path=path.resolve())
 
 
@@ -264,6 +262,8 @@ def _sniff_header(path: Path) -> tuple[type, Nifti1Header]:
             head = fobj.read(540)
     except MemoryError:
         raise
+    except PermissionError as exc:
+        raise NiftiError(f"cannot read {name}: permission denied") from exc
     except Exception as exc:
         raise NiftiError(f"cannot read {name}: not a NIfTI file ({_one_line(exc)})") from exc
     if len(head) < 348:
@@ -272,14 +272,14 @@ def _sniff_header(path: Path) -> tuple[type, Nifti1Header]:
     if 348 in sizes:
         magic = head[344:348]
         if magic == _N1_PAIR_MAGIC:
-            raise NiftiError(f"cannot read {name}: a NIfTI-1 .hdr/.img pair header; only single-file .nii is supported")
+            raise NiftiError(f"cannot read {name}: a NIfTI-1 .hdr/.img pair; only single-file .nii is supported")
         if magic != _N1_MAGIC:
             raise NiftiError(f"cannot read {name}: not a NIfTI file (no NIfTI-1 magic; Analyze 7.5?)")
         klass, header_class = nib.Nifti1Image, Nifti1Header
     elif 540 in sizes:
         magic = head[4:12]
         if magic == _N2_PAIR_MAGIC:
-            raise NiftiError(f"cannot read {name}: a NIfTI-2 .hdr/.img pair header; only single-file .nii is supported")
+            raise NiftiError(f"cannot read {name}: a NIfTI-2 .hdr/.img pair; only single-file .nii is supported")
         if magic != _N2_MAGIC or len(head) < 540:
             raise NiftiError(f"cannot read {name}: not a NIfTI file (bad NIfTI-2 header)")
         klass, header_class = nib.Nifti2Image, Nifti2Header
@@ -714,7 +714,9 @@ def _spatial_zooms(
         return expected
     given = tuple(float(z) for z in zooms)[:n_spatial]
     if len(given) < n_spatial or not np.all(np.isfinite(given)) or min(given) <= 0:
-        raise NiftiError(f"cannot write {name}: zooms {tuple(zooms)} must give {n_spatial} positive voxel sizes")
+        raise NiftiError(
+            f"cannot write {name}: zooms {tuple(zooms)} must give {n_spatial} positive voxel sizes"
+        )
     if not np.allclose(given, expected, rtol=1e-4, atol=0):
         raise NiftiError(
             f"cannot write {name}: zooms {given} disagree with the voxel sizes "
