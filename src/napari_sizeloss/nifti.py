@@ -417,19 +417,22 @@ def atomic_save(img: NiftiImage, path: PathLike, *, overwrite: bool = True) -> P
     _check_writable(path, overwrite=overwrite)
     suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else ".nii"
     tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp{suffix}"
+    created = False
     try:
         # O_EXCL: never clobber; mode 0o666 so the umask applies as for any file.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        created = True
         os.close(fd)
         nib.save(img, str(tmp))
         with open(tmp, "rb+") as fobj:
             os.fsync(fobj.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        if created:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
         if isinstance(exc, PermissionError):
             raise NiftiError(f"cannot write {name}: permission denied") from exc
         if isinstance(exc, OSError):
