@@ -1,0 +1,70 @@
+"""Slice tags and corrections of one image (Qt-free, torch-free).
+
+``absent`` and ``corrected`` are bool ``(Z, T)``; ``corrections`` is uint8 0/1
+``(X, Y, Z, T)`` and only meaningful where ``corrected``. These go to the
+trainer as ``absent=``, ``corrections=`` and ``corrected=``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Supervision:
+    """Target-absent tags and corrected slices of one ``(X, Y, Z, T)`` volume."""
+
+    absent: np.ndarray
+    corrected: np.ndarray
+    corrections: np.ndarray
+
+    @classmethod
+    def empty(cls, shape_xyzt: tuple[int, int, int, int]) -> "Supervision":
+        X, Y, Z, T = shape_xyzt
+        return cls(
+            absent=np.zeros((Z, T), dtype=bool),
+            corrected=np.zeros((Z, T), dtype=bool),
+            corrections=np.zeros((X, Y, Z, T), dtype=np.uint8),
+        )
+
+    def tag_absent(self, z_first: int, z_last: int, t: int | None, absent: bool, present: np.ndarray) -> list[tuple[int, int]]:
+        """Tag slices ``z_first..z_last`` (inclusive) of frame ``t`` (every frame when None).
+
+        Slices with target dots (``present``, bool ``(Z, T)``) cannot be
+        tagged absent; they are left as they are and returned.
+
+        Returns
+        -------
+        list of (z, t)
+            Slices skipped because they hold target dots.
+        """
+        Z, T = self.absent.shape
+        z0, z1 = max(0, min(z_first, z_last)), min(Z - 1, max(z_first, z_last))
+        frames = range(T) if t is None else [int(t)]
+        skipped = []
+        for z in range(z0, z1 + 1):
+            for f in frames:
+                if absent and present[z, f]:
+                    skipped.append((z, f))
+                    continue
+                self.absent[z, f] = absent
+        return skipped
+
+    def clear_tags(self) -> None:
+        self.absent[:] = False
+
+    def use_corrections(self, mask: np.ndarray, slices: np.ndarray) -> int:
+        """Take ``mask`` (0/1 ``(X, Y, Z, T)``) on ``slices`` (bool ``(Z, T)``) as full supervision.
+
+        Returns the number of slices added or updated.
+        """
+        for z, t in np.argwhere(slices):
+            self.corrections[:, :, z, t] = mask[:, :, z, t] > 0
+        self.corrected |= slices
+        return int(slices.sum())
+
+    def clear_corrections(self) -> None:
+        self.corrected[:] = False
+        self.corrections[:] = 0

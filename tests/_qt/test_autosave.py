@@ -1,0 +1,105 @@
+"""Autosave storage: where files go, round trip, fingerprint matching, read-only fallback."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_sizeloss._qt import autosave
+
+
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "userdata"
+    monkeypatch.setenv(autosave.DATA_DIR_ENV, str(folder))
+    return folder
+
+
+def _work(fp: str) -> autosave.SavedWork:
+    corrected = np.zeros((4, 3), bool)
+    corrected[1, 2] = corrected[3, 0] = True
+    corrections = np.zeros((6, 5, 4, 3), np.uint8)
+    corrections[1:3, 1:4, 1, 2] = 1
+    corrections[0, 0, 3, 0] = 1
+    absent = np.zeros((4, 3), bool)
+    absent[0] = True
+    return autosave.SavedWork(
+        fingerprint=fp,
+        points=np.array([[0.0, 1.0, 2.5, 3.0], [2.0, 3.0, 1.0, 1.0]]),
+        kinds=["target", "background"],
+        absent=absent,
+        corrected=corrected,
+        corrections=autosave.pack_corrections(corrections, corrected),
+        bounds=(120.5, 900.0, "mm2"),
+    )
+
+
+def test_round_trip_keeps_everything(tmp_path):
+    work = _work("abc")
+    path = autosave.save_work(tmp_path / "x.sizeloss.npz", work)
+    back = autosave.load_work(path)
+    assert back is not None
+    np.testing.assert_array_equal(back.points, work.points)
+    assert back.kinds == ["target", "background"]
+    np.testing.assert_array_equal(back.absent, work.absent)
+    np.testing.assert_array_equal(back.corrected, work.corrected)
+    volume = back.corrections_volume((6, 5, 4, 3))
+    assert volume[:, :, 1, 2].sum() == 6 and volume[0, 0, 3, 0] == 1 and volume.sum() == 7
+    assert back.bounds == (120.5, 900.0, "mm2")
+    assert "1 target dot(s)" in back.summary() and "2 corrected slice(s)" in back.summary()
+    assert not list(tmp_path.glob("*.tmp*"))  # atomic write left nothing behind
+
+
+def test_location_beside_the_image_or_in_the_user_folder(tmp_path, data_dir):
+    image = tmp_path / "scans" / "cine.nii.gz"
+    image.parent.mkdir()
+    image.write_bytes(b"")
+    assert autosave.autosave_path(str(image), "cine", "fp") == image.parent / "cine.sizeloss.npz"
+    in_memory = autosave.autosave_path(None, "cine phantom", "fp1")
+    assert in_memory.parent == data_dir / "autosave" and in_memory.name.startswith("cine_phantom-")
+    assert autosave.autosave_path(None, "cine phantom", "fp2") != in_memory  # other pixels, other file
+
+
+def test_read_only_directory_falls_back_to_the_user_folder(tmp_path, data_dir, monkeypatch):
+    image = tmp_path / "ro" / "cine.nii"
+    image.parent.mkdir()
+    image.write_bytes(b"")
+    monkeypatch.setattr(autosave, "dir_writable", lambda d: False)
+    path = autosave.autosave_path(str(image), "cine", "fp")
+    assert path.parent == data_dir / "autosave"
+    assert path == autosave.user_autosave_path(str(image), "cine", "fp")
+
+
+def test_write_with_fallback_on_permission_error(tmp_path, data_dir, monkeypatch):
+    real_save = autosave.save_work
+    blocked = tmp_path / "blocked" / "cine.sizeloss.npz"
+
+    def save(path, work):
+        if path == blocked:
+            raise PermissionError(13, "Permission denied")
+        return real_save(path, work)
+
+    monkeypatch.setattr(autosave, "save_work", save)
+    fallback = data_dir / "autosave" / "cine-x.npz"
+    assert autosave.write_with_fallback(blocked, _work("fp"), fallback) == fallback
+    assert autosave.load_work(fallback) is not None
+
+
+def test_saved_work_is_found_only_for_the_same_pixels(tmp_path):
+    image = np.random.default_rng(0).normal(size=(3, 4, 20, 24)).astype(np.float32)
+    fp = autosave.fingerprint(image)
+    assert fp == autosave.fingerprint(image.copy())
+    other = image.copy()
+    other[0, 0, 0, 0] += 1
+    assert autosave.fingerprint(other) != fp
+    autosave.save_work(autosave.autosave_path(None, "img", fp), _work(fp))
+    found = autosave.find_saved_work(None, "img", fp)
+    assert found is not None and found[1].fingerprint == fp
+    assert autosave.find_saved_work(None, "img", autosave.fingerprint(other)) is None
+
+
+def test_unreadable_autosave_is_ignored(tmp_path):
+    bad = tmp_path / "bad.sizeloss.npz"
+    bad.write_bytes(b"not an npz")
+    assert autosave.load_work(bad) is None
+    assert autosave.load_work(tmp_path / "missing.npz") is None
