@@ -1,0 +1,210 @@
+"""The work the widget runs in napari thread workers: training and prediction.
+
+These generators and functions touch no layer and no widget; they receive
+plain arrays (core order ``(X, Y, Z, T)``) and yield or return plain results,
+which the widget applies in GUI-thread callbacks. torch is imported here only
+when a job runs.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class TrainRequest:
+    """Everything one training round needs, snapshot in the GUI thread.
+
+    Attributes
+    ----------
+    image : ndarray float (X, Y, Z, T)
+    seeds : ndarray uint8 (X, Y, Z, T)
+        0 unlabelled, 1 target dot, 2 background dot.
+    lower, upper : float
+        Slice-area bounds in ``unit``.
+    unit : {"mm2", "px"}
+    spacing : (sx, sy, sz) mm or None
+    absent, corrected : ndarray bool (Z, T)
+    corrections : ndarray uint8 (X, Y, Z, T)
+    config : dict
+        Overrides of :meth:`TrainConfig.interactive`.
+    checkpoint : path or None
+        Start from this model when no session exists yet.
+    preview : (z, t)
+        The slice to preview first.
+    """
+
+    image: np.ndarray
+    seeds: np.ndarray
+    lower: float
+    upper: float
+    unit: str
+    spacing: tuple[float, float, float] | None
+    absent: np.ndarray
+    corrected: np.ndarray
+    corrections: np.ndarray
+    config: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None
+    preview: tuple[int, int] = (0, 0)
+
+
+@dataclass
+class SessionReady:
+    """First item of a training job: the session that is about to run."""
+
+    session: Any  # TrainingSession
+    resumed: bool
+
+
+@dataclass
+class VolumePrediction:
+    """A whole-volume prediction.
+
+    Attributes
+    ----------
+    mask : ndarray uint8 (X, Y, Z, T)
+        0/1.
+    sizes_px : ndarray float (Z, T)
+        Predicted target area per slice, pixels.
+    lower_px, upper_px : ndarray float (Z, T) or None
+        The per-slice bounds the last training round used (None for a
+        prediction from a loaded model).
+    """
+
+    mask: np.ndarray
+    sizes_px: np.ndarray
+    lower_px: np.ndarray | None = None
+    upper_px: np.ndarray | None = None
+
+
+def build_config(overrides: dict[str, Any]):
+    """``TrainConfig.interactive(**overrides)``."""
+    from ..trainer import TrainConfig
+
+    return TrainConfig.interactive(**overrides)
+
+
+def _carry_weights(session) -> str:
+    """Save a session's model to a temporary checkpoint and return its path."""
+    handle = tempfile.NamedTemporaryFile(prefix="napari-sizeloss-", suffix=".ckpt", delete=False)
+    handle.close()
+    session.save(handle.name)
+    return handle.name
+
+
+def training_job(request: TrainRequest, session=None) -> Iterator[Any]:
+    """Train one round; runs in a thread worker.
+
+    Yields
+    ------
+    SessionReady
+        Once, first: the (new or updated) session, so the GUI can stop it or
+        ask it for previews.
+    ProgressEvent
+        One per step, then the DONE event (``stopped=True`` after Stop).
+    VolumePrediction
+        Last: the whole volume predicted with the final weights.
+
+    A session that exists and runs on the requested device keeps its weights
+    and optimiser and gets the new supervision and settings; otherwise a new
+    session starts from ``request.checkpoint`` (or from the old session's
+    weights when only the device changed).
+    """
+    from ..bounds import SizeBounds
+    from ..trainer import TrainingSession
+
+    config = build_config(request.config)
+    bounds = SizeBounds(request.lower, request.upper, unit=request.unit)
+    supervision = dict(
+        seeds=request.seeds,
+        bounds=bounds,
+        absent=request.absent,
+        corrections=request.corrections,
+        corrected=request.corrected,
+    )
+    resumed = session is not None and session.config.device == config.device
+    if resumed:
+        config.seed = session.config.seed
+        session.config = config
+        session.update(**supervision)
+    else:
+        checkpoint = request.checkpoint
+        carried = None
+        if session is not None:
+            checkpoint = carried = _carry_weights(session)
+        try:
+            session = TrainingSession(
+                request.image,
+                supervision.pop("seeds"),
+                supervision.pop("bounds"),
+                spacing=request.spacing,
+                config=config,
+                checkpoint=checkpoint,
+                **supervision,
+            )
+        finally:
+            if carried:
+                Path(carried).unlink(missing_ok=True)
+    yield SessionReady(session=session, resumed=resumed)
+    session.request_preview(*request.preview)
+    for event in session.run():
+        yield event
+    yield session_prediction(session)
+
+
+def session_prediction(session) -> VolumePrediction:
+    """The session's whole-volume prediction with its per-slice bounds."""
+    mask = np.asarray(session.predict(), dtype=np.uint8)
+    mask4 = mask.reshape(mask.shape + (1,) * (4 - mask.ndim))
+    lower, upper = session.slice_bounds_px()
+    return VolumePrediction(
+        mask=mask4,
+        sizes_px=mask4.sum(axis=(0, 1)).astype(np.float64),
+        lower_px=np.asarray(lower, dtype=np.float64).reshape(mask4.shape[2:]),
+        upper_px=np.asarray(upper, dtype=np.float64).reshape(mask4.shape[2:]),
+    )
+
+
+def predict_job(image: np.ndarray, session=None, checkpoint: str | None = None, same_image: bool = False) -> VolumePrediction:
+    """Predict a whole ``(X, Y, Z, T)`` volume; runs in a thread worker.
+
+    Uses the session itself when ``same_image`` (its region of interest and
+    normalisation), else the session's network on ``image`` (normalised on
+    its own), else the model in ``checkpoint``.
+    """
+    if session is not None and same_image:
+        return session_prediction(session)
+    from ..trainer import Predictor
+
+    if session is not None:
+        predictor = Predictor(model=session.model, device=session.device)
+    elif checkpoint is not None:
+        predictor = Predictor.from_checkpoint(checkpoint, device="auto")
+    else:
+        raise ValueError("no model yet: train one or load one with Load model")
+    mask = np.asarray(predictor.predict(image), dtype=np.uint8)
+    return VolumePrediction(mask=mask, sizes_px=mask.sum(axis=(0, 1)).astype(np.float64))
+
+
+def check_checkpoint(path: str) -> dict[str, Any]:
+    """Load a checkpoint to check it fits this tool (1 input channel, 2 classes).
+
+    Returns a short description (``steps``, ``image_shape``...) from its
+    metadata; raises the core's ``CheckpointError`` / ``ValueError`` with a
+    message naming the file otherwise.
+    """
+    from ..trainer import Predictor
+
+    predictor = Predictor.from_checkpoint(path, device="cpu")
+    config = getattr(predictor.model, "config", {}) or {}
+    if config.get("in_channels", 1) != 1:
+        raise ValueError(
+            f"checkpoint {Path(path).name} expects {config.get('in_channels')} input channels; this tool gives 1"
+        )
+    return dict(predictor.metadata or {})

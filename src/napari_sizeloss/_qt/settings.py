@@ -1,0 +1,163 @@
+"""The folded "Advanced settings" panel: training budget, optimiser, loss, device, crop.
+
+Nothing here imports torch until the panel is first unfolded (or its values
+are first needed): then the defaults are read from
+``TrainConfig.interactive()`` and the device list from
+``napari_sizeloss.device.available_devices()``. Until then
+:meth:`AdvancedSettings.overrides` is empty, so training uses the
+interactive defaults.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+from superqt import QCollapsible
+
+PENALTIES = ("quadratic", "log-barrier")
+
+
+class AdvancedSettings(QCollapsible):
+    """Folded training settings; :meth:`overrides` gives ``TrainConfig`` keyword arguments."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__("Advanced settings", parent)
+        self._loaded = False
+        body = QWidget()
+        form = QFormLayout(body)
+
+        self.budget_kind = QComboBox()
+        self.budget_kind.addItems(["steps", "minutes"])
+        self.steps = QSpinBox()
+        self.steps.setRange(1, 1_000_000)
+        self.minutes = QDoubleSpinBox()
+        self.minutes.setRange(0.05, 24 * 60)
+        self.minutes.setDecimals(2)
+        self.minutes.setValue(2.0)
+        self.minutes.hide()
+        budget = QHBoxLayout()
+        budget.addWidget(self.budget_kind)
+        budget.addWidget(self.steps, stretch=1)
+        budget.addWidget(self.minutes, stretch=1)
+        self.budget_kind.currentTextChanged.connect(self._budget_kind_changed)
+        form.addRow("Budget", budget)
+
+        self.lr = QDoubleSpinBox()
+        self.lr.setDecimals(5)
+        self.lr.setRange(1e-5, 1.0)
+        self.lr.setSingleStep(5e-4)
+        form.addRow("Learning rate", self.lr)
+
+        self.size_weight = QDoubleSpinBox()
+        self.size_weight.setDecimals(4)
+        self.size_weight.setRange(0.0, 100.0)
+        self.size_weight.setSingleStep(0.005)
+        self.size_weight.setToolTip("Weight of the size penalty (the paper: 0.01); 0 trains on the dots alone")
+        form.addRow("Size weight", self.size_weight)
+
+        self.penalty = QComboBox()
+        self.penalty.addItems(PENALTIES)
+        self.penalty.setToolTip("quadratic: the paper's eq. (3); log-barrier: Kervadec et al. 2019")
+        form.addRow("Penalty", self.penalty)
+
+        self.device = QComboBox()
+        self.device.addItem("auto")
+        self.device.setToolTip("Only the devices torch can use on this machine are offered")
+        form.addRow("Device", self.device)
+
+        self.crop = QSpinBox()
+        self.crop.setRange(0, 4096)
+        self.crop.setSpecialValueText("whole slices")
+        self.crop.setSuffix(" px")
+        self.crop.setToolTip("Train and predict on a region of at least this side around the dots (0: whole slices)")
+        form.addRow("Crop", self.crop)
+
+        self.batch_size = QSpinBox()
+        self.batch_size.setRange(1, 256)
+        form.addRow("Batch size", self.batch_size)
+
+        self.augment = QCheckBox("flips, rotations, intensity")
+        form.addRow("Augment", self.augment)
+
+        self.preview_every = QSpinBox()
+        self.preview_every.setRange(1, 10_000)
+        self.preview_every.setSuffix(" steps")
+        form.addRow("Preview every", self.preview_every)
+
+        self.dot_radius = QSpinBox()
+        self.dot_radius.setRange(0, 10)
+        self.dot_radius.setValue(1)
+        self.dot_radius.setSuffix(" px")
+        self.dot_radius.setToolTip("Each dot supervises a disc of this radius (0: one pixel)")
+        form.addRow("Dot radius", self.dot_radius)
+
+        holder = QWidget()
+        QVBoxLayout(holder).addWidget(body)
+        self.addWidget(holder)
+        self.toggled.connect(self._on_toggled)
+
+    # ----------------------------------------------------------------- API
+    def ensure_loaded(self) -> None:
+        """Fill in the defaults of ``TrainConfig.interactive()`` and the available devices (imports torch)."""
+        if self._loaded:
+            return
+        from ..device import available_devices
+        from ..trainer import TrainConfig
+
+        cfg = TrainConfig.interactive()
+        self.steps.setValue(int(cfg.steps or 300))
+        if cfg.minutes:
+            self.minutes.setValue(float(cfg.minutes))
+        self.lr.setValue(float(cfg.lr))
+        self.size_weight.setValue(float(cfg.size_weight))
+        self.penalty.setCurrentText(cfg.penalty)
+        self.crop.setValue(int(cfg.crop or 0))
+        self.batch_size.setValue(int(cfg.batch_size))
+        self.augment.setChecked(bool(cfg.augment))
+        self.preview_every.setValue(int(cfg.preview_every or 10))
+        self.device.clear()
+        self.device.addItem("auto")
+        for name in available_devices():
+            if name != "auto":
+                self.device.addItem(str(name))
+        self._loaded = True
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
+    def overrides(self) -> dict[str, Any]:
+        """``TrainConfig`` keyword arguments set here (empty until the panel was loaded)."""
+        if not self._loaded:
+            return {}
+        by_steps = self.budget_kind.currentText() == "steps"
+        return {
+            "steps": int(self.steps.value()) if by_steps else None,
+            "minutes": None if by_steps else float(self.minutes.value()),
+            "lr": float(self.lr.value()),
+            "size_weight": float(self.size_weight.value()),
+            "penalty": self.penalty.currentText(),
+            "device": self.device.currentText(),
+            "crop": int(self.crop.value()) or None,
+            "batch_size": int(self.batch_size.value()),
+            "augment": bool(self.augment.isChecked()),
+            "preview_every": int(self.preview_every.value()),
+        }
+
+    def _on_toggled(self, expanded: bool) -> None:
+        if expanded:
+            self.ensure_loaded()
+
+    def _budget_kind_changed(self, kind: str) -> None:
+        self.steps.setVisible(kind == "steps")
+        self.minutes.setVisible(kind == "minutes")

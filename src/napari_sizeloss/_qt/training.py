@@ -1,0 +1,267 @@
+"""Training, stopping and corrections: the widget's thread-worker side.
+
+Mixed into :class:`~napari_sizeloss._qt.widget.SizeLossWidget`. A training
+round snapshots the dots, bounds, tags and corrections in the GUI thread,
+runs :func:`~napari_sizeloss._qt.jobs.training_job` in a napari thread worker,
+and applies what it yields (progress, previews, the final volume) in
+GUI-thread callbacks. Stop asks the session to return after the current step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .jobs import SessionReady, TrainRequest, VolumePrediction, training_job
+from .layers import ROLE_PREDICTION, SeedsShapeError, VolumeError, find_companion, geometry_of, make_prediction_layer
+from .prediction import PredictionTracker
+
+
+def format_seconds(seconds: float | None) -> str:
+    """``m:ss`` (``"?"`` when unknown)."""
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class TrainingMixin:
+    """Train / Stop / Use corrections and the worker callbacks."""
+
+    # ============================================================ training
+    def _snapshot_request(self) -> TrainRequest:
+        """Everything a training round needs, checked; raises ValueError with a user message."""
+        if self.geometry is None or self.image_layer is None:
+            geometry_of(self.image_layer)  # raises the right message
+            raise VolumeError("choose an image layer first")
+        problem = self.bounds_panel.problem()
+        if problem:
+            raise ValueError(problem)
+        seeds = self.seeds_array()
+        present = (seeds == 1).any(axis=(0, 1))
+        conflict = present & self.supervision.absent
+        if conflict.any():
+            z, t = (int(v) for v in np.argwhere(conflict)[0])
+            raise ValueError(f"slice z={z}, t={t} has target dots but is tagged absent: unmark it or remove the dots")
+        lower, upper = self.bounds_panel.bounds()
+        image = self.geometry.to_core(np.asarray(self.image_layer.data))
+        sup = self.supervision
+        return TrainRequest(
+            image=image,
+            seeds=seeds,
+            lower=lower,
+            upper=upper,
+            unit=self.bounds_panel.unit,
+            spacing=self.geometry.spacing,
+            absent=sup.absent.copy(),
+            corrected=sup.corrected.copy(),
+            corrections=sup.corrections.copy(),
+            config=self.settings.overrides(),
+            checkpoint=self.checkpoint_path,
+            preview=self.current_slice(),
+        )
+
+    def train(self) -> bool:
+        """Start a training round in a thread worker; returns False (with a message) when it cannot."""
+        if self.worker is not None:
+            self._message("busy: wait for the current job or press Stop", "warning")
+            return False
+        try:
+            request = self._snapshot_request()
+        except (ValueError, SeedsShapeError) as exc:
+            self._message(str(exc), "error")
+            return False
+        from napari.qt.threading import create_worker
+
+        session = self.session
+        if session is not None and self.session_image != self.geometry.name:
+            # The model was trained on another image: a new session starts from its weights.
+            worker = create_worker(self._carry_job(request, session), _start_thread=False)
+        else:
+            worker = create_worker(training_job, request, session=session, _start_thread=False)
+        self._stop_requested = False
+        self._last_round = {"started": time.perf_counter(), "steps": 0, "images_per_s": 0.0}
+        self._ensure_prediction_layer()
+        self.loss_plot.start_round()
+        self._run(worker, "train")
+        self._message("training… (Stop ends it after the current step)", notify=False)
+        return True
+
+    @staticmethod
+    def _carry_job(request: TrainRequest, session):
+        """Training job that starts a new session on this image from ``session``'s weights."""
+
+        def job():
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="napari-sizeloss-") as tmp:
+                path = str(Path(tmp) / "carry.ckpt")
+                session.save(path)
+                request.checkpoint = path
+                yield from training_job(request, session=None)
+
+        return job
+
+    def _run(self, worker, job: str) -> None:
+        self.worker = worker
+        self.job = job
+        worker.yielded.connect(self._on_worker_item)
+        worker.returned.connect(self._on_worker_item)
+        worker.errored.connect(self._on_worker_error)
+        worker.finished.connect(self._on_worker_finished)
+        self._update_buttons()
+        worker.start()
+
+    def stop(self) -> None:
+        """Ask training to stop after the current step (the volume is then predicted once)."""
+        if self.job != "train":
+            return
+        self._stop_requested = True
+        if self.session is not None:
+            self.session.stop()
+        self.stop_button.setEnabled(False)
+        self.progress.setFormat(self.progress.format() + " · stopping…")
+
+    def _on_worker_item(self, item) -> None:
+        if self._closed or item is None:
+            return
+        if isinstance(item, SessionReady):
+            self.session = item.session
+            self.session_image = self.geometry.name if self.geometry else None
+            self.checkpoint_path = None
+            if self._stop_requested:
+                self.session.stop()
+            self._on_dims_changed()
+            return
+        if isinstance(item, VolumePrediction):
+            self._apply_volume(item)
+            return
+        if isinstance(item, dict) and item.get("kind") == "checkpoint":
+            self._on_model_loaded(item)
+            return
+        self._on_progress(item)
+
+    def _on_progress(self, event) -> None:
+        kind = getattr(event.kind, "value", event.kind)
+        if kind == "done":
+            steps = event.step
+            self._last_round.update(steps=steps, images_per_s=event.images_per_s, elapsed_s=event.elapsed_s)
+            verb = "stopped" if event.stopped else "done"
+            self.progress.setValue(self.progress.maximum() if not event.stopped else self.progress.value())
+            self.progress.setFormat(
+                f"{verb}: {steps} steps in {format_seconds(event.elapsed_s)} · {event.images_per_s:.1f} img/s · predicting volume…"
+            )
+            return
+        fraction = event.fraction
+        if fraction is not None:
+            self.progress.setValue(int(round(fraction * self.progress.maximum())))
+        total = f"/{event.total_steps}" if event.total_steps else ""
+        self.progress.setFormat(
+            f"step {event.step}{total} · {event.images_per_s:.1f} img/s · ETA {format_seconds(event.eta_s)}"
+        )
+        self.loss_plot.append(event.ce, event.size)
+        if event.preview is not None and self.tracker is not None:
+            preview = event.preview
+            if self.tracker.write_slice(preview.z, preview.t, preview.mask, protected=self.supervision.corrected):
+                self._show_current_area()
+
+    def _apply_volume(self, prediction: VolumePrediction) -> None:
+        if self.geometry is None:
+            return
+        self._ensure_prediction_layer()
+        kept = self.tracker.write_volume(prediction.mask, protected=self.supervision.corrected)
+        self.tracker.show_corrections(self.supervision.corrections, self.supervision.corrected)
+        edited = kept & ~self.supervision.corrected
+        if edited.any():
+            self._message(
+                f"kept your edits on {int(edited.sum())} slice(s); press Use corrections to train on them",
+                notify=False,
+            )
+        self._refresh_views()
+
+    def _on_worker_error(self, exc: BaseException) -> None:
+        self._job_failed = True
+        if isinstance(exc, ValueError):
+            text = str(exc)
+        else:
+            text = f"{self.job or 'job'} failed: {type(exc).__name__}: {exc}"
+        self._message(text, "error")
+
+    def _on_worker_finished(self) -> None:
+        job = self.job
+        self.worker = None
+        self.job = None
+        self._stop_requested = False
+        failed, self._job_failed = self._job_failed, False
+        if self._closed:
+            return
+        if job == "train":
+            steps = self._last_round.get("steps", 0)
+            if self.progress.format().endswith("predicting volume…"):
+                self.progress.setFormat(self.progress.format().replace(" · predicting volume…", ""))
+            self._update_model_info()
+            if steps and not failed:
+                self._message(f"trained {steps} steps; edit the prediction and press Use corrections, or Export masks", "success", notify=False)
+        elif job == "predict":
+            self.progress.setFormat("prediction done")
+        self._update_buttons()
+        self._schedule_autosave()
+
+    # ========================================================= corrections
+    def _ensure_prediction_layer(self) -> None:
+        if self.geometry is None:
+            return
+        if self.tracker is not None and self.tracker.layer in self.viewer.layers:
+            return
+        layer = find_companion(self.viewer, ROLE_PREDICTION, self.geometry.name)
+        if layer is None or layer.data.shape != self.geometry.layer_shape:
+            layer = make_prediction_layer(self.geometry)
+            seeds = self.seeds_layer
+            self.viewer.layers.append(layer)
+            if seeds is not None and seeds in self.viewer.layers:
+                # keep the dots drawn above the prediction
+                self.viewer.layers.move(self.viewer.layers.index(layer), self.viewer.layers.index(seeds))
+                self.viewer.layers.selection.active = seeds
+        self.tracker = PredictionTracker(layer, self.geometry)
+        if self.supervision is not None:
+            self.tracker.show_corrections(self.supervision.corrections, self.supervision.corrected)
+
+    def edited_slices(self) -> np.ndarray:
+        """bool ``(Z, T)``: slices of the prediction layer the user changed since the model wrote them."""
+        if self.tracker is None:
+            Z, T = self.geometry.shape[2:] if self.geometry else (0, 0)
+            return np.zeros((Z, T), dtype=bool)
+        return self.tracker.edited()
+
+    def use_corrections(self) -> bool:
+        """Turn every edited slice of the prediction layer into full supervision, then train on."""
+        if self.worker is not None:
+            self._message("busy: stop training before using corrections", "warning")
+            return False
+        if self.geometry is None or self.tracker is None:
+            self._message("no prediction to correct yet: train first", "error")
+            return False
+        edited = self.edited_slices()
+        if not edited.any():
+            self._message(
+                "no edited slices: fix the prediction layer with napari's brush or eraser first", "error"
+            )
+            return False
+        n = self.supervision.use_corrections(self.tracker.mask_core(), edited)
+        self.supervision.absent[edited] = False
+        self.tracker.accept(edited)
+        self._message(f"{n} corrected slice(s) will be used as full supervision", notify=False)
+        self._refresh_views()
+        self.autosave_now()
+        return self.train()
+
+    def clear_corrections(self) -> None:
+        if self.supervision is not None and self.supervision.corrected.any():
+            self.supervision.clear_corrections()
+            self._message("corrections forgotten (the next round trains on dots and bounds only)", notify=False)
+            self._refresh_views()
+            self._schedule_autosave()
+
