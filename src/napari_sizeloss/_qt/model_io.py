@@ -53,7 +53,7 @@ class ModelIOMixin:
 
     def _geometry_problem(self) -> str:
         try:
-            geometry_of(self.image_layer)
+            geometry_of(self.chosen_layer)
         except VolumeError as exc:
             return str(exc)
         return "choose an image layer first"

@@ -35,7 +35,7 @@ class TrainingMixin:
     def _snapshot_request(self) -> TrainRequest:
         """Everything a training round needs, checked; raises ValueError with a user message."""
         if self.geometry is None or self.image_layer is None:
-            geometry_of(self.image_layer)  # raises the right message
+            geometry_of(self.chosen_layer)  # raises the right message
             raise VolumeError("choose an image layer first")
         problem = self.bounds_panel.problem()
         if problem:

@@ -77,7 +77,8 @@ class SizeLossWidget(AnnotationMixin, TrainingMixin, ModelIOMixin, AutosaveMixin
         # attribute access; the widget only uses public API, so it keeps the object.
         self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
         self.geometry: VolumeGeometry | None = None
-        self.image_layer = None
+        self.image_layer = None  # the image being segmented (a valid volume)
+        self.chosen_layer = None  # the layer picked in the image box, valid or not
         self.seeds_layer = None
         self.tracker: PredictionTracker | None = None
         self.supervision: Supervision | None = None
@@ -284,7 +285,7 @@ class SizeLossWidget(AnnotationMixin, TrainingMixin, ModelIOMixin, AutosaveMixin
         if self._closed:
             return
         removed = event.value
-        if removed is self.image_layer:
+        if removed is self.image_layer or removed is self.chosen_layer:
             if self.job == "train" and self.session is not None:
                 self.session.stop()
             self._message(f"image layer {removed.name!r} was removed", "warning", notify=False)
@@ -299,7 +300,7 @@ class SizeLossWidget(AnnotationMixin, TrainingMixin, ModelIOMixin, AutosaveMixin
         from napari.layers import Image, Labels, Points
 
         images = [layer.name for layer in self.viewer.layers if isinstance(layer, Image) and not layer.rgb]
-        current = self.image_layer.name if self.image_layer is not None else None
+        current = self.chosen_layer.name if self.chosen_layer is not None else None
         self.image_combo.blockSignals(True)
         self.image_combo.clear()
         self.image_combo.addItems(images)
@@ -336,9 +337,9 @@ class SizeLossWidget(AnnotationMixin, TrainingMixin, ModelIOMixin, AutosaveMixin
     def _on_image_chosen(self, name: str) -> None:
         if self._closed:
             return
-        if self.image_layer is not None and name == self.image_layer.name:
-            return
         layer = self.viewer.layers[name] if name in self.viewer.layers else None
+        if layer is not None and layer is self.chosen_layer:
+            return
         if self.job == "train":
             self._message("stop training before switching images", "warning")
             self._refresh_layer_choices()
@@ -350,6 +351,7 @@ class SizeLossWidget(AnnotationMixin, TrainingMixin, ModelIOMixin, AutosaveMixin
         if self.geometry is not None:
             self.autosave_now()
         self.image_layer = None
+        self.chosen_layer = layer
         self.geometry = None
         self.tracker = None
         self.supervision = None

@@ -1,0 +1,183 @@
+"""The dock widget without training: opening, dots, bounds, tags, messages, autosave."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import add_layers, open_widget
+from widget_helpers import click, lv_centre, show_slice
+
+from napari_sizeloss._qt.size_table import NONE
+
+
+def test_widget_opens_through_the_manifest_on_the_phantom(viewer, widget):
+    image = viewer.layers["cine phantom"]
+    assert widget.image_combo.currentText() == "cine phantom"
+    assert widget.geometry.shape == (64, 56, 4, 3)
+    seeds = viewer.layers["cine phantom seeds"]
+    assert seeds.data.shape == (0, 4)
+    np.testing.assert_allclose(seeds.scale, image.scale)
+    assert viewer.layers.selection.active is seeds and seeds.mode == "add"
+    assert widget.bounds_panel.unit == "mm2"  # the phantom has a known spacing
+    assert widget.size_table.table.rowCount() == 4 and widget.size_table.table.columnCount() == 3
+
+
+def test_one_click_one_dot_target_then_background(viewer, widget, qtbot):
+    seeds = widget.seeds_layer
+    gt = viewer.layers["cine phantom ground truth"]
+    show_slice(viewer, viewer.layers["cine phantom"], z=1, t=0)
+    y, x = lv_centre(gt, z=1, t=0)
+    click(viewer, seeds, y, x)
+    assert len(seeds.data) == 1
+    np.testing.assert_allclose(seeds.data[0], (0, 1, y, x))
+
+    widget.seeds_panel.background_button.click()  # the toggle
+    click(viewer, seeds, 3, 3)
+    assert list(seeds.features["kind"]) == ["target", "background"]
+    assert not np.allclose(seeds.face_color[0], seeds.face_color[1])
+
+    seeds_array = widget.seeds_array()  # what the trainer gets: (X, Y, Z, T) uint8
+    assert seeds_array.shape == (64, 56, 4, 3) and seeds_array.dtype == np.uint8
+    assert seeds_array[x, y, 1, 0] == 1 and seeds_array[3, 3, 1, 0] == 2
+    qtbot.waitUntil(lambda: "1 target dot(s) on 1 slice(s), 1 background" in widget.seeds_panel.summary.text(), timeout=3000)
+
+
+def test_key_b_and_t_switch_the_dot_kind(viewer, widget):
+    from napari.utils.key_bindings import KeymapHandler
+
+    seeds = widget.seeds_layer
+    keys = KeymapHandler()  # resolves a key as the canvas does: active layer first, then the viewer
+    keys.keymap_providers = [seeds, viewer]
+    keys.press_key("B")
+    assert widget.seeds_panel.kind == "background"
+    assert seeds.feature_defaults["kind"][0] == "background"
+    keys.press_key("T")
+    assert widget.seeds_panel.kind == "target"
+
+
+def test_sliders_and_spin_boxes_agree_and_lower_above_upper_is_reported(viewer, widget, qtbot):
+    panel = widget.bounds_panel
+    panel.upper_slider.setValue(400)
+    lower, upper = panel.bounds()
+    assert upper == pytest.approx(widget.geometry.slice_area * 0.4**2, rel=1e-3)
+    assert panel.upper_spin.value() == pytest.approx(upper, abs=0.1)
+    panel.lower_spin.setValue(upper + 100)  # typed: lower above upper
+    assert panel.lower_slider.value() == panel.lower_row.position_of(upper + 100)
+    assert panel.warning.isVisibleTo(widget) and "above the upper bound" in panel.warning.text()
+    # Train refuses with the same message
+    seeds = widget.seeds_layer
+    click(viewer, seeds, *lv_centre(viewer.layers["cine phantom ground truth"], 1, 1))
+    assert widget.train() is False
+    assert "above the upper bound" in widget.status.text()
+    assert widget.worker is None and widget.train_button.isEnabled()
+
+
+def test_train_without_dots_says_so(widget):
+    assert widget.train() is False
+    assert "no target dots" in widget.status.text()
+    assert widget.train_button.isEnabled()
+
+
+def test_2d_image_and_no_image_give_clear_messages(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer)
+    assert widget.train() is False
+    assert "choose an image layer" in widget.status.text()
+    viewer.add_image(np.zeros((64, 64), np.float32), name="plane")
+    assert "2D" in widget.image_info.text()
+    assert widget.train() is False
+    assert "2D" in widget.status.text()
+
+
+def test_seeds_labels_layer_of_wrong_shape_is_refused(viewer, widget):
+    viewer.add_labels(np.ones((3, 4, 30, 30), np.uint8), name="old seeds")
+    widget.seeds_panel.layer_combo.setCurrentText("old seeds")
+    assert widget.seeds_layer.name == "old seeds"
+    assert widget.train() is False
+    assert "old seeds" in widget.status.text() and "shape" in widget.status.text()
+
+
+def test_tags_current_slice_and_range(viewer, widget, qtbot):
+    image = viewer.layers["cine phantom"]
+    show_slice(viewer, image, z=3, t=2)
+    widget.tags_panel.all_frames.setChecked(False)
+    widget.tags_panel.mark_button.click()
+    absent = widget.supervision.absent
+    assert absent[3, 2] and absent.sum() == 1
+    widget.tags_panel.all_frames.setChecked(True)
+    widget.tags_panel.range_first.setValue(0)
+    widget.tags_panel.range_last.setValue(0)
+    widget.tags_panel.range_button.click()
+    assert absent[0].all() and absent.sum() == 4
+    # a slice with target dots cannot be tagged absent
+    show_slice(viewer, image, z=1, t=0)
+    click(viewer, widget.seeds_layer, *lv_centre(viewer.layers["cine phantom ground truth"], 1, 0))
+    widget.tags_panel.mark_button.click()
+    assert not absent[1, 0] and absent[1, 1] and "target dots" in widget.status.text()
+    widget.tags_panel.clear_button.click()
+    assert not absent.any()
+
+
+def test_table_click_moves_the_viewer(viewer, widget):
+    widget.size_table.table.cellClicked.emit(2, 1)
+    assert widget.current_slice() == (2, 1)
+    widget._refresh_views()
+    assert (widget.size_table.states == NONE).all()  # no prediction yet
+
+
+def test_estimate_bounds_from_the_ground_truth_layer(viewer, widget):
+    gt = viewer.layers["cine phantom ground truth"]
+    assert widget.bounds_panel.labels_combo.currentText() == gt.name
+    assert widget.bounds_panel.label_value.value() == 3  # the phantom's LV cavity
+    widget.bounds_panel.estimate_button.click()
+    lower, upper = widget.bounds_panel.bounds()
+    areas = (np.asarray(gt.data) == 3).sum(axis=(-2, -1)) * widget.geometry.pixel_area_mm2  # (T, Z) mm^2
+    nonzero = areas[areas > 0]
+    assert lower == pytest.approx(1.1 * nonzero.min(), rel=1e-3)
+    assert upper == pytest.approx(0.9 * nonzero.max(), rel=1e-3)
+
+
+def test_work_is_autosaved_and_offered_back(make_napari_viewer, small_phantom, qtbot, data_dir):
+    viewer = make_napari_viewer()
+    image, gt = add_layers(viewer, small_phantom)
+    widget = open_widget(viewer)
+    show_slice(viewer, image, z=2, t=1)
+    y, x = lv_centre(gt, z=2, t=1)
+    click(viewer, widget.seeds_layer, y, x)
+    widget.tags_panel.range_first.setValue(3)
+    widget.tags_panel.range_last.setValue(3)
+    widget.tags_panel.range_button.click()
+    path = widget.autosave_now()
+    assert path is not None and path.parent == data_dir / "autosave"
+
+    # the same image opened again in a new viewer: the work is offered back
+    viewer2 = make_napari_viewer()
+    add_layers(viewer2, small_phantom)
+    widget2 = open_widget(viewer2)
+    assert widget2.restore_box.isVisibleTo(widget2)
+    assert "1 target dot(s)" in widget2.restore_text.text()
+    widget2.restore_button.click()
+    np.testing.assert_allclose(widget2.seeds_layer.data, [[1, 2, y, x]])
+    assert widget2.supervision.absent[3].all() and widget2.supervision.absent.sum() == 3
+
+    # another image (other pixels) is not offered this work
+    viewer3 = make_napari_viewer()
+    data, kwargs, _ = small_phantom[0]
+    viewer3.add_image(data[::-1].copy(), **kwargs)
+    widget3 = open_widget(viewer3)
+    assert not widget3.restore_box.isVisibleTo(widget3)
+
+
+def test_export_before_any_prediction_is_refused(widget, tmp_path):
+    assert widget.export_masks(str(tmp_path / "mask.nii.gz")) is None
+    assert "nothing to export" in widget.status.text()
+    assert not (tmp_path / "mask.nii.gz").exists()
+
+
+def test_widget_module_does_not_import_torch():
+    code = "import sys, napari_sizeloss._widget; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
