@@ -1,0 +1,337 @@
+"""ENet (Paszke et al. 2016) for 2D slices of any size.
+
+Paszke, Chaurasia, Kim and Culurciello, "ENet: A deep neural network
+architecture for real-time semantic segmentation", arXiv:1606.02147 (2016).
+The paper that this plugin implements (Kervadec et al., "Constrained-CNN
+losses for weakly supervised segmentation") trains this network.
+
+Layout (Table 1 of the ENet paper), for an input of ``H x W`` pixels::
+
+    initial        3x3/2 conv (16 - C_in ch) || 2x2 max-pool        16 x H/2
+    stage 1        downsampling bottleneck 16 -> 64, 4 x regular    64 x H/4
+    stage 2        downsampling 64 -> 128, then 8 bottlenecks      128 x H/8
+    stage 3        the same 8 bottlenecks (no downsampling)        128 x H/8
+    stage 4        upsampling 128 -> 64, 2 x regular                64 x H/4
+    stage 5        upsampling 64 -> 16, 1 x regular                 16 x H/2
+    fullconv       2x2/2 transposed conv to the classes    num_classes x H
+
+The 8 bottlenecks of stages 2 and 3 are, in order: regular, dilated 2,
+asymmetric 5 (5x1 then 1x5), dilated 4, regular, dilated 8, asymmetric 5,
+dilated 16. Every bottleneck reduces to a quarter of its output channels
+inside (``BOTTLENECK_RATIO``), uses batch normalisation and PReLU, and ends
+its residual branch with spatial dropout (``nn.Dropout2d``): ``p=0.01`` in
+stage 1, ``0.1`` later. The upsampling bottlenecks max-unpool with the indices
+stored by the matching downsampling bottleneck.
+
+The network's total stride is 8: :class:`ENet` pads any ``H x W`` input to
+the next multiple of 8, at least 16 (replicate padding split evenly between
+both sides, the extra pixel after) and crops the logits back, so that ``logits[..., i, j]``
+is the prediction for input pixel ``(i, j)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["ENet", "count_parameters", "STRIDE", "MIN_PADDED_SIDE", "BOTTLENECK_RATIO"]
+
+#: Total downsampling factor: input sides are padded to a multiple of this.
+STRIDE = 8
+
+#: Smallest padded side (px): keeps 2x2 positions at 1/8 resolution, so that
+#: batch normalisation has more than one value per channel even for a single
+#: tiny image in training mode.
+MIN_PADDED_SIDE = 16
+
+#: Output channels / internal channels of every bottleneck.
+BOTTLENECK_RATIO = 4
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of scalar parameters of ``model``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    trainable_only : bool
+        Count only parameters with ``requires_grad``.
+
+    Returns
+    -------
+    int
+    """
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def _bn_prelu(channels: int) -> nn.Sequential:
+    """Batch normalisation followed by a per-channel PReLU."""
+    return nn.Sequential(nn.BatchNorm2d(channels), nn.PReLU(channels))
+
+
+class InitialBlock(nn.Module):
+    """3x3 stride-2 convolution concatenated with a 2x2 max-pool of the input.
+
+    ``(B, C_in, H, W) -> (B, 16, H/2, W/2)`` for even ``H``, ``W``; the
+    convolution gives ``16 - C_in`` channels, the pool the ``C_in`` others.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int = 16) -> None:
+        super().__init__()
+        if not 1 <= in_channels < out_channels:
+            raise ValueError(f"in_channels must be between 1 and {out_channels - 1}, got {in_channels}")
+        self.conv = nn.Conv2d(in_channels, out_channels - in_channels, 3, stride=2, padding=1, bias=False)
+        self.pool = nn.MaxPool2d(2, stride=2)
+        self.norm_act = _bn_prelu(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv = self.conv(x)
+        pool = self.pool(x).to(conv.dtype)  # autocast: the conv may run in half precision
+        return self.norm_act(torch.cat([conv, pool], dim=1))
+
+
+class RegularBottleneck(nn.Module):
+    """Residual bottleneck at constant resolution and width.
+
+    Branch: 1x1 reduce -> main convolution -> 1x1 expand -> spatial dropout,
+    each convolution followed by batch norm and PReLU; the output is
+    ``PReLU(x + branch(x))``.
+
+    Parameters
+    ----------
+    channels : input and output channels.
+    kind : ``"regular"`` (3x3), ``"dilated"`` (3x3 with ``dilation``) or
+        ``"asymmetric"`` (5x1 then 1x5).
+    dilation : dilation of a ``"dilated"`` bottleneck.
+    dropout : probability of zeroing a whole channel (training only).
+    """
+
+    def __init__(self, channels: int, kind: str = "regular", dilation: int = 1, dropout: float = 0.1) -> None:
+        super().__init__()
+        inner = channels // BOTTLENECK_RATIO
+        if kind == "regular":
+            main = nn.Conv2d(inner, inner, 3, padding=1, bias=False)
+        elif kind == "dilated":
+            main = nn.Conv2d(inner, inner, 3, padding=dilation, dilation=dilation, bias=False)
+        elif kind == "asymmetric":
+            main = nn.Sequential(
+                nn.Conv2d(inner, inner, (5, 1), padding=(2, 0), bias=False),
+                nn.Conv2d(inner, inner, (1, 5), padding=(0, 2), bias=False),
+            )
+        else:
+            raise ValueError(f"unknown bottleneck kind {kind!r}; choose regular, dilated or asymmetric")
+        self.kind = kind
+        self.dilation = dilation
+        self.branch = nn.Sequential(
+            nn.Conv2d(channels, inner, 1, bias=False),
+            _bn_prelu(inner),
+            main,
+            _bn_prelu(inner),
+            nn.Conv2d(inner, channels, 1, bias=False),
+            _bn_prelu(channels),
+            nn.Dropout2d(dropout),
+        )
+        self.out_act = nn.PReLU(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branch = self.branch(x)
+        return self.out_act(x.to(branch.dtype) + branch)
+
+
+class DownsamplingBottleneck(nn.Module):
+    """Halve the resolution and widen: ``(B, C_in, H, W) -> (B, C_out, H/2, W/2)``.
+
+    Main path: 2x2 max-pool (its indices are returned for the decoder) then
+    zero channels appended up to ``C_out``. Branch: 2x2 stride-2 reduce ->
+    3x3 -> 1x1 expand -> spatial dropout.
+
+    Returns
+    -------
+    (out, indices) : Tensor ``(B, C_out, H/2, W/2)``, int64 Tensor ``(B, C_in, H/2, W/2)``
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, dropout: float) -> None:
+        super().__init__()
+        inner = out_channels // BOTTLENECK_RATIO
+        self.extra_channels = out_channels - in_channels
+        self.pool = nn.MaxPool2d(2, stride=2, return_indices=True)
+        self.branch = nn.Sequential(
+            nn.Conv2d(in_channels, inner, 2, stride=2, bias=False),
+            _bn_prelu(inner),
+            nn.Conv2d(inner, inner, 3, padding=1, bias=False),
+            _bn_prelu(inner),
+            nn.Conv2d(inner, out_channels, 1, bias=False),
+            _bn_prelu(out_channels),
+            nn.Dropout2d(dropout),
+        )
+        self.out_act = nn.PReLU(out_channels)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        main, indices = self.pool(x)
+        branch = self.branch(x)
+        main = F.pad(main.to(branch.dtype), (0, 0, 0, 0, 0, self.extra_channels))
+        return self.out_act(main + branch), indices
+
+
+class UpsamplingBottleneck(nn.Module):
+    """Double the resolution and narrow: ``(B, C_in, H, W) -> (B, C_out, 2H, 2W)``.
+
+    Main path: 1x1 convolution to ``C_out`` then max-unpooling with the
+    indices of the matching :class:`DownsamplingBottleneck` (whose input had
+    ``C_out`` channels). Branch: 1x1 reduce -> 3x3 stride-2 transposed
+    convolution -> 1x1 expand -> spatial dropout.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, dropout: float) -> None:
+        super().__init__()
+        inner = out_channels // BOTTLENECK_RATIO
+        self.main = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
+        self.unpool = nn.MaxUnpool2d(2, stride=2)
+        self.branch = nn.Sequential(
+            nn.Conv2d(in_channels, inner, 1, bias=False),
+            _bn_prelu(inner),
+            nn.ConvTranspose2d(inner, inner, 3, stride=2, padding=1, output_padding=1, bias=False),
+            _bn_prelu(inner),
+            nn.Conv2d(inner, out_channels, 1, bias=False),
+            _bn_prelu(out_channels),
+            nn.Dropout2d(dropout),
+        )
+        self.out_act = nn.PReLU(out_channels)
+
+    def forward(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        branch = self.branch(x)
+        main = self.unpool(self.main(x).to(branch.dtype), indices, output_size=branch.shape[-2:])
+        return self.out_act(main + branch)
+
+
+def _stage_2_or_3(dropout: float) -> nn.Sequential:
+    """The 8 bottlenecks shared by stages 2 and 3 (128 channels), in the paper's order."""
+    layout = [
+        ("regular", 1),
+        ("dilated", 2),
+        ("asymmetric", 1),
+        ("dilated", 4),
+        ("regular", 1),
+        ("dilated", 8),
+        ("asymmetric", 1),
+        ("dilated", 16),
+    ]
+    return nn.Sequential(*(RegularBottleneck(128, kind, dilation, dropout) for kind, dilation in layout))
+
+
+class ENet(nn.Module):
+    """ENet semantic segmentation network for images of any size.
+
+    Parameters
+    ----------
+    in_channels : int
+        Image channels (1 for MR), at most 15.
+    num_classes : int
+        Output classes (2: background, target).
+    dropout_initial : float
+        Spatial dropout probability in stage 1.
+    dropout : float
+        Spatial dropout probability in stages 2 to 5.
+
+    Notes
+    -----
+    ``forward`` takes ``(B, in_channels, H, W)`` float images of any ``H``,
+    ``W`` >= 1 and returns logits ``(B, num_classes, H, W)`` on the same
+    pixel grid. With ``in_channels=1, num_classes=2`` the network has about
+    0.36 M parameters.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        dropout_initial: float = 0.01,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        for name, p in (("dropout_initial", dropout_initial), ("dropout", dropout)):
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {p}")
+        self._config = {
+            "in_channels": int(in_channels),
+            "num_classes": int(num_classes),
+            "dropout_initial": float(dropout_initial),
+            "dropout": float(dropout),
+        }
+        self.initial = InitialBlock(in_channels, 16)
+        self.down1 = DownsamplingBottleneck(16, 64, dropout_initial)
+        self.stage1 = nn.Sequential(*(RegularBottleneck(64, "regular", 1, dropout_initial) for _ in range(4)))
+        self.down2 = DownsamplingBottleneck(64, 128, dropout)
+        self.stage2 = _stage_2_or_3(dropout)
+        self.stage3 = _stage_2_or_3(dropout)
+        self.up4 = UpsamplingBottleneck(128, 64, dropout)
+        self.stage4 = nn.Sequential(RegularBottleneck(64, "regular", 1, dropout), RegularBottleneck(64, "regular", 1, dropout))
+        self.up5 = UpsamplingBottleneck(64, 16, dropout)
+        self.stage5 = RegularBottleneck(16, "regular", 1, dropout)
+        self.fullconv = nn.ConvTranspose2d(16, num_classes, 2, stride=2)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """Constructor keyword arguments: ``ENet(**model.config)`` rebuilds this architecture."""
+        return dict(self._config)
+
+    @staticmethod
+    def padding_for(height: int, width: int) -> tuple[int, int, int, int]:
+        """Padding ``(left, right, top, bottom)`` in pixels that makes both sides multiples of 8.
+
+        Sides are padded up to the next multiple of 8 (and to at least
+        ``MIN_PADDED_SIDE``), split evenly between both sides of each axis,
+        the odd pixel after; the order is that of
+        :func:`torch.nn.functional.pad` (last axis first).
+        """
+        pad_h = max(MIN_PADDED_SIDE, height + (-height % STRIDE)) - height
+        pad_w = max(MIN_PADDED_SIDE, width + (-width % STRIDE)) - width
+        return (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
+
+    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for an input whose sides are already multiples of 8.
+
+        Parameters
+        ----------
+        x : Tensor (B, in_channels, H, W), H and W multiples of 8
+
+        Returns
+        -------
+        Tensor (B, num_classes, H, W)
+        """
+        x = self.initial(x)
+        x, indices1 = self.down1(x)
+        x = self.stage1(x)
+        x, indices2 = self.down2(x)
+        x = self.stage3(self.stage2(x))
+        x = self.stage4(self.up4(x, indices2))
+        x = self.stage5(self.up5(x, indices1))
+        return self.fullconv(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for images of any size.
+
+        Parameters
+        ----------
+        x : Tensor (B, in_channels, H, W), float
+
+        Returns
+        -------
+        Tensor (B, num_classes, H, W)
+            Unnormalised class scores; ``[:, :, i, j]`` belongs to input pixel ``(i, j)``.
+        """
+        if x.dim() != 4 or x.shape[1] != self._config["in_channels"]:
+            raise ValueError(
+                f"ENet expects a (B, {self._config['in_channels']}, H, W) tensor, got shape {tuple(x.shape)}"
+            )
+        height, width = x.shape[-2], x.shape[-1]
+        left, right, top, bottom = self.padding_for(height, width)
+        if left or right or top or bottom:
+            x = F.pad(x, (left, right, top, bottom), mode="replicate")
+        logits = self.forward_padded(x)
+        return logits[:, :, top : top + height, left : left + width]
