@@ -1,0 +1,189 @@
+"""Choosing where torch runs: device selection, mixed precision, memory format, threads.
+
+One helper for the whole project (trainer, CLI, widget, benchmarks):
+``"auto"`` prefers CUDA, then Apple's MPS, then the CPU; an explicit name is
+honoured or refused with a :class:`DeviceError` that says what is available.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+
+__all__ = [
+    "DeviceError",
+    "select_device",
+    "available_devices",
+    "autocast",
+    "autocast_dtype",
+    "uses_channels_last",
+    "configure_threads",
+]
+
+_DEVICE_NAME = re.compile(r"^(cpu|cuda|mps)(?::(\d+))?$")
+
+
+class DeviceError(ValueError):
+    """A requested device is unknown or not available on this machine."""
+
+
+def _cuda_count() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def available_devices() -> list[str]:
+    """Names of the devices torch can use here, in the order ``"auto"`` prefers them.
+
+    Returns
+    -------
+    list of str
+        ``"cuda"`` (one GPU) or ``"cuda:0"``, ``"cuda:1"``, ... (several),
+        then ``"mps"`` when available, then always ``"cpu"``. Every name is
+        accepted by :func:`select_device`.
+    """
+    n_cuda = _cuda_count()
+    names = ["cuda"] if n_cuda == 1 else [f"cuda:{i}" for i in range(n_cuda)]
+    if _mps_available():
+        names.append("mps")
+    names.append("cpu")
+    return names
+
+
+def select_device(preference: str | torch.device = "auto") -> torch.device:
+    """The torch device for a user's choice.
+
+    Parameters
+    ----------
+    preference : str or torch.device
+        ``"auto"`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda"``,
+        ``"cuda:N"`` or ``"mps"``; case and surrounding spaces are ignored.
+
+    Returns
+    -------
+    torch.device
+
+    Raises
+    ------
+    DeviceError
+        For an unknown name or a device this machine does not have, e.g.
+        ``device 'cuda' requested but CUDA is not available; available: cpu``.
+    """
+    name = str(preference).strip().lower()
+    if name == "auto":
+        if _cuda_count():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    available = ", ".join(available_devices())
+    match = _DEVICE_NAME.match(name)
+    if match is None or (match.group(1) != "cuda" and match.group(2) is not None):
+        raise DeviceError(
+            f"unknown device {str(preference)!r}; choose auto, cpu, cuda, cuda:N or mps; available: {available}"
+        )
+    kind, index = match.group(1), match.group(2)
+    if kind == "cpu":
+        return torch.device("cpu")
+    if kind == "mps":
+        if not _mps_available():
+            raise DeviceError(f"device 'mps' requested but MPS is not available; available: {available}")
+        return torch.device("mps")
+    n_cuda = _cuda_count()
+    if n_cuda == 0:
+        raise DeviceError(f"device {name!r} requested but CUDA is not available; available: {available}")
+    if index is None:
+        return torch.device("cuda")
+    if int(index) >= n_cuda:
+        raise DeviceError(
+            f"device {name!r} requested but only {n_cuda} CUDA device(s) are visible; available: {available}"
+        )
+    return torch.device("cuda", int(index))
+
+
+def _as_device(device: torch.device | str) -> torch.device:
+    return device if isinstance(device, torch.device) else torch.device(device)
+
+
+def autocast_dtype(
+    device: torch.device | str,
+    enabled: bool = True,
+    dtype: torch.dtype | None = None,
+    prefer_bf16: bool = True,
+) -> torch.dtype | None:
+    """The reduced precision :func:`autocast` uses on ``device``, or None for full float32.
+
+    On CUDA: ``dtype`` when given, else bfloat16 when the GPU supports it and
+    ``prefer_bf16``, else float16 (which needs a gradient scaler when
+    training). Elsewhere: ``dtype`` (None unless given explicitly).
+    """
+    if not enabled:
+        return None
+    device = _as_device(device)
+    if dtype is not None:
+        return dtype
+    if device.type == "cuda":
+        return torch.bfloat16 if prefer_bf16 and torch.cuda.is_bf16_supported() else torch.float16
+    return None
+
+
+def autocast(
+    device: torch.device | str,
+    enabled: bool = True,
+    dtype: torch.dtype | None = None,
+    prefer_bf16: bool = True,
+) -> AbstractContextManager:
+    """Mixed-precision context for a forward pass on ``device``.
+
+    Parameters
+    ----------
+    device : torch.device or str
+    enabled : bool
+        False gives a no-op context.
+    dtype : torch.dtype, optional
+        Force this precision (also on CPU and MPS, where autocast is otherwise off).
+    prefer_bf16 : bool
+        On CUDA without ``dtype``: bfloat16 when supported, else float16.
+
+    Returns
+    -------
+    context manager
+        ``torch.autocast`` on CUDA (or with an explicit ``dtype``); a
+        ``nullcontext`` on CPU and MPS by default: their float32 is exact and
+        reduced precision there rarely pays off for this small network.
+    """
+    chosen = autocast_dtype(device, enabled=enabled, dtype=dtype, prefer_bf16=prefer_bf16)
+    if chosen is None:
+        return nullcontext()
+    return torch.autocast(_as_device(device).type, dtype=chosen)
+
+
+def uses_channels_last(device: torch.device | str) -> bool:
+    """Whether the channels-last memory format pays off on ``device`` (CUDA's tensor cores)."""
+    return _as_device(device).type == "cuda"
+
+
+def configure_threads(n: int | None) -> int:
+    """Set torch's intra-op CPU threads.
+
+    Parameters
+    ----------
+    n : int or None
+        Threads to use (>= 1); None leaves the current setting.
+
+    Returns
+    -------
+    int
+        The number of intra-op threads now in effect.
+    """
+    if n is not None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise DeviceError(f"threads must be a whole number >= 1, got {n!r}")
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
