@@ -209,12 +209,85 @@ def test_cli_runs_end_to_end(tmp_path, capsys):
 # ------------------------------------------------------- the paper's ordering
 @pytest.mark.slow
 def test_paper_ordering_on_phantoms(tmp_path):
-    """Size loss (two bounds) far above partial CE alone; full supervision the ceiling."""
+    """Size loss (two bounds) far above partial CE alone; full supervision the ceiling.
+
+    About 50 s on one thread. With this budget, seeds 0-3 gave CE 0.02-0.04,
+    size loss 0.63-0.77 and full supervision 0.79-0.87 (3D Dice); with 15
+    epochs full supervision had not always taken off yet (seed 1: 0.32).
+    """
     config = ReproduceConfig(
-        epochs=15, size=64, batch_size=4, phantoms=6, phantom_shape=(64, 56, 6, 8), val_patients=2,
+        epochs=25, size=64, batch_size=4, phantoms=6, phantom_shape=(64, 56, 6, 8), val_patients=2,
         methods=("ce", "size-two", "full"), device="cpu", seed=0,
     )
     results = run_reproduction(config, tmp_path / "r", log=quiet)
     ce, size, full = (results[k].dice3d_mean for k in ("ce", "size-two", "full"))
-    assert size > ce + 0.3, (ce, size, full)
+    assert size > ce + 0.4, (ce, size, full)
     assert full > size, (ce, size, full)
+
+
+# ------------------------------------------------------------ method losses
+def _batch(seed=0, size=16):
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(3, 2, size, size, generator=gen, requires_grad=True)
+    full = (torch.rand(3, size, size, generator=gen) > 0.8).long()
+    weak = torch.full_like(full, -1)
+    weak[:, 5:7, 5:7] = 1
+    return logits, weak, full
+
+
+def test_size_loss_is_partial_ce_plus_normalised_weighted_penalty():
+    import torch
+    import torch.nn.functional as F
+
+    from napari_sizeloss.reproduce import _method_loss
+
+    logits, weak, full = _batch()
+    lower = torch.tensor([10.0, 0.0, 200.0])
+    upper = torch.tensor([50.0, 0.0, 250.0])
+    loss = _method_loss(METHODS["size-two"], logits, weak, full, lower, upper, 0, ReproduceConfig())
+    # Independent: CE on the labelled pixels, eq. (3) on the soft size, / (H*W), mean, x 1e-2.
+    ce = F.cross_entropy(logits, weak, ignore_index=-1)
+    sizes = torch.softmax(logits, 1)[:, 1].sum((1, 2)).detach().numpy()
+    pen = [(s - a) ** 2 if s < a else (s - b) ** 2 if s > b else 0.0 for s, a, b in zip(sizes, lower, upper)]
+    expected = float(ce) + 1e-2 * float(np.mean(pen)) / (16 * 16)
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    full_loss = _method_loss(METHODS["full"], logits, weak, full, lower, upper, 0, ReproduceConfig())
+    assert float(full_loss) == pytest.approx(float(F.cross_entropy(logits, full)), rel=1e-6)
+
+
+def test_log_barrier_suppresses_absent_slices():
+    """With bounds [0, 0] the loss must only push the size down, even when it is already tiny."""
+    import torch
+
+    from napari_sizeloss.reproduce import _method_loss
+
+    _, weak, full = _batch()
+    weak[:] = -1  # absent slices carry no target dot
+    for level in (-12.0, -6.0, 0.0):  # soft sizes from ~0.002 px to half the image
+        logits = torch.zeros(3, 2, 16, 16)
+        logits[:, 1] = level
+        logits.requires_grad_(True)
+        zeros = torch.zeros(3)
+        loss = _method_loss(METHODS["logbarrier-two"], logits, weak, full, zeros, zeros, 0, ReproduceConfig())
+        loss.backward()
+        assert bool((logits.grad[:, 1] > 0).all()), level  # gradient descent lowers the target logit
+
+
+def test_proposals_loss_fits_a_mask_within_the_bounds():
+    import torch
+    import torch.nn.functional as F
+
+    from napari_sizeloss.proposals import dual_lr, proposal_mask
+    from napari_sizeloss.reproduce import _method_loss
+
+    logits, weak, full = _batch(size=32)
+    weak[1] = -1  # slice 1 is tagged absent: no dot, bounds [0, 0]
+    lower = torch.tensor([100.0, 0.0, 300.0])
+    upper = torch.tensor([150.0, 0.0, 400.0])
+    loss = _method_loss(METHODS["proposals-tight"], logits, weak, full, lower, upper, 0, ReproduceConfig())
+    probs = torch.softmax(logits, 1)[:, 1].detach()
+    mask, info = proposal_mask(probs, weak == 1, lower, upper, lr=dual_lr(32, 32))
+    assert bool(info.satisfied.all()) and int(mask[1].sum()) == 0
+    assert float(loss) == pytest.approx(float(F.cross_entropy(logits, mask.long())), rel=1e-6)

@@ -35,8 +35,9 @@ Training
     (the paper: after 100 of 200), size-loss weight 1e-2, the quadratic
     penalty of :func:`napari_sizeloss.losses.size_penalty` divided by the
     image area ``size * size`` as the authors' code does; the log-barrier
-    (:func:`napari_sizeloss.losses.log_barrier_penalty`) with ``t = 5 * 1.1 **
-    epoch`` and constraint values in units of ``size`` pixels. No
+    (:func:`napari_sizeloss.losses.log_barrier`) on ``S <= upper`` and, where
+    ``lower > 0``, on ``S >= lower`` (a zero lower bound is no constraint), with
+    ``t = 5 * 1.1 ** epoch`` and constraint values in units of ``size`` pixels. No
     augmentation (the reference's ACDC recipe has none). The model after the
     last epoch is scored: no selection on the validation set (the best epoch
     is shown beside it, marked as optimistic).
@@ -493,7 +494,7 @@ def _method_loss(
     ``logits`` (B, 2, S, S); ``weak``/``full`` int64 (B, S, S); ``lower`` and
     ``upper`` float (B,) in network pixels.
     """
-    from .losses import log_barrier_penalty, partial_cross_entropy, size_penalty
+    from .losses import log_barrier, partial_cross_entropy, size_penalty, soft_size
 
     logits = logits.float()
     if method.loss == "full":
@@ -513,8 +514,16 @@ def _method_loss(
     if method.penalty == "quadratic":
         penalty = size_penalty(fg, lower[:, None], upper[:, None]) / area
     else:
+        # The library's extended log-barrier on each constraint, in units of
+        # sqrt(area) pixels. A lower bound of 0 is no constraint for a soft
+        # size, and its barrier would push S away from 0 (against the
+        # suppression of absent slices), so it is left out there.
         t = BARRIER_T0 * BARRIER_GROWTH**epoch
-        penalty = log_barrier_penalty(fg, lower[:, None], upper[:, None], t, scale=math.sqrt(area))
+        scale = math.sqrt(area)
+        sizes = soft_size(fg)[:, 0]
+        above = log_barrier((sizes - upper) / scale, t)
+        below = torch.where(lower > 0, log_barrier((lower - sizes) / scale, t), torch.zeros_like(sizes))
+        penalty = above + below
     return ce + config.size_weight * penalty.mean()
 
 
