@@ -115,6 +115,9 @@ def test_outputs_resumption_and_settings_guard(tmp_path):
     for r in results.values():
         assert r.dice3d_mean == pytest.approx(np.mean([v["dice3d"] for v in r.per_volume]))
         assert r.ms_per_image > 0 and len(r.epochs) == 1
+    assert results["ce"].epochs[0]["below_lower"] is None  # no bounds
+    for k in ("below_lower", "above_upper"):
+        assert 0.0 <= results["proposals-tight"].epochs[0][k] <= 1.0
 
     # A rerun skips finished methods (their files untouched) and adds the new one.
     ce_file = out / "methods" / "ce.json"
