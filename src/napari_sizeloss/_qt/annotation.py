@@ -138,37 +138,39 @@ class AnnotationMixin:
         if not layer_name or layer_name not in self.viewer.layers:
             self._message("choose a labels layer with an annotation to estimate the bounds from", "error")
             return None
-        from ..bounds import SizeBounds, bounds_from_annotation
+        from ..bounds import bounds_from_annotation
 
         layer = self.viewer.layers[layer_name]
         data = np.asarray(layer.data)
         if data.ndim < 2 or data.ndim > 4:
             self._message(f"labels layer {layer_name!r} has {data.ndim} dimensions; 2 to 4 are supported", "error")
             return None
-        core = data.T  # (X, Y[, Z[, T]])
-        spacing = (layer.metadata or {}).get("spacing") or self.geometry.spacing
+        labels_spacing = (layer.metadata or {}).get("spacing")
         try:
-            estimate = bounds_from_annotation(core, label, spacing=tuple(spacing)[:2] if spacing else None)
+            estimate_px = bounds_from_annotation(data.T, label)  # (X, Y[, Z[, T]]) grid, pixels
         except ValueError as exc:
             self._message(f"cannot estimate bounds from {layer_name!r}: {exc}", "error")
             return None
-        lower, upper = self._bounds_in_panel_unit(estimate, SizeBounds, spacing)
+        lower, upper = self._to_panel_unit(estimate_px.lower, estimate_px.upper, labels_spacing)
         self.bounds_panel.set_bounds(lower, upper)
         unit = UNIT_TEXT[self.bounds_panel.unit]
         self._message(f"bounds from {layer_name!r} label {label}: [{lower:.0f}, {upper:.0f}] {unit}", "success", notify=False)
         return lower, upper
 
-    def _bounds_in_panel_unit(self, estimate, size_bounds_cls, spacing) -> tuple[float, float]:
-        unit = self.bounds_panel.unit
-        if estimate.unit == unit:
-            return float(estimate.lower), float(estimate.upper)
-        if estimate.unit == "px":
-            px = estimate
-        else:
-            px = estimate.to_pixels(tuple(spacing)[:2])
-        if unit == "px":
-            return float(px.lower), float(px.upper)
-        return float(self.geometry.to_area(px.lower)), float(self.geometry.to_area(px.upper))
+    def _to_panel_unit(self, lower_px: float, upper_px: float, labels_spacing) -> tuple[float, float]:
+        """Areas in pixels of a labels layer's grid -> the panel's unit on the image.
+
+        With the labels layer's spacing known, the areas are physical (mm^2)
+        and converted with the image's spacing; without it the labels are
+        taken to share the image's grid.
+        """
+        if labels_spacing is None or len(labels_spacing) < 2:
+            return float(self.geometry.to_area(lower_px)), float(self.geometry.to_area(upper_px))
+        mm2_per_px = float(labels_spacing[0]) * float(labels_spacing[1])
+        lower_mm2, upper_mm2 = lower_px * mm2_per_px, upper_px * mm2_per_px
+        if self.bounds_panel.unit == "mm2":
+            return lower_mm2, upper_mm2
+        return lower_px, upper_px  # the image has no spacing: its pixels are the only unit
 
     # =============================================================== tags
     def current_slice(self) -> tuple[int, int]:

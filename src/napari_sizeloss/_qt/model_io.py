@@ -44,6 +44,7 @@ class ModelIOMixin:
             checkpoint=None if self.session is not None else self.checkpoint_path,
             same_image=same,
             _start_thread=False,
+            _ignore_errors=True,
         )
         self._ensure_prediction_layer()
         self.progress.setRange(0, 0)  # busy indicator
@@ -98,7 +99,7 @@ class ModelIOMixin:
         def job():
             return {"kind": "checkpoint", "path": str(path), "metadata": check_checkpoint(str(path))}
 
-        self._run(create_worker(job, _start_thread=False), "load")
+        self._run(create_worker(job, _start_thread=False, _ignore_errors=True), "load")
         return True
 
     def _on_model_loaded(self, item: dict) -> None:
@@ -113,6 +114,18 @@ class ModelIOMixin:
         )
         self.model_info.setText(f"model: {Path(self.checkpoint_path).name}" + (f" ({detail})" if detail else ""))
         self._message(f"model loaded from {self.checkpoint_path}; Predict or Train to continue from it", "success", notify=False)
+
+    def reset_model(self) -> None:
+        """Forget the current model; the next Train starts from a new ENet."""
+        if self.worker is not None:
+            self._message("busy: stop training first", "warning")
+            return
+        self.session = None
+        self.session_image = None
+        self.checkpoint_path = None
+        self.model_info.setText("model: new (untrained) ENet")
+        self._message("the next Train starts from a new model", notify=False)
+        self._update_buttons()
 
     def _update_model_info(self) -> None:
         if self.session is not None:

@@ -79,9 +79,9 @@ class TrainingMixin:
         session = self.session
         if session is not None and self.session_image != self.geometry.name:
             # The model was trained on another image: a new session starts from its weights.
-            worker = create_worker(self._carry_job(request, session), _start_thread=False)
+            worker = create_worker(self._carry_job(request, session), _start_thread=False, _ignore_errors=True)
         else:
-            worker = create_worker(training_job, request, session=session, _start_thread=False)
+            worker = create_worker(training_job, request, session=session, _start_thread=False, _ignore_errors=True)
         self._stop_requested = False
         self._last_round = {"started": time.perf_counter(), "steps": 0, "images_per_s": 0.0}
         self._ensure_prediction_layer()
@@ -108,7 +108,10 @@ class TrainingMixin:
     def _run(self, worker, job: str) -> None:
         self.worker = worker
         self.job = job
-        worker.yielded.connect(self._on_worker_item)
+        from napari.qt.threading import GeneratorWorker
+
+        if isinstance(worker, GeneratorWorker):
+            worker.yielded.connect(self._on_worker_item)
         worker.returned.connect(self._on_worker_item)
         worker.errored.connect(self._on_worker_error)
         worker.finished.connect(self._on_worker_finished)

@@ -1,0 +1,246 @@
+"""The widget with real training on a small phantom: train, preview, stop, correct, export, model files.
+
+Each test trains for a handful of steps on a (64, 56, 4, 3) phantom (one CPU
+thread), and waits for the GUI with explicit timeouts.
+"""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import SMALL_SHAPE, add_layers, open_widget
+from widget_helpers import click, lv_centre, show_slice
+
+from napari_sizeloss.nifti import save_image
+from napari_sizeloss.phantom import make_cine_phantom
+
+TRAIN_TIMEOUT_MS = 60_000
+
+
+def configure(widget, steps: int, preview_every: int = 1) -> None:
+    """Small, fast settings through the Advanced panel (as a user would)."""
+    widget.settings.expand(animate=False)
+    widget.settings.ensure_loaded()
+    widget.settings.steps.setValue(steps)
+    widget.settings.batch_size.setValue(2)
+    widget.settings.crop.setValue(48)
+    widget.settings.preview_every.setValue(preview_every)
+
+
+def add_dots(viewer, widget, gt, slices=((1, 0), (2, 1))) -> None:
+    """Target dots at the LV centre of a few slices, one background dot in a corner."""
+    image = widget.image_layer
+    for z, t in slices:
+        show_slice(viewer, image, z, t)
+        click(viewer, widget.seeds_layer, *lv_centre(gt, z, t))
+    widget.seeds_panel.background_button.click()
+    click(viewer, widget.seeds_layer, 2, 2)
+    widget.seeds_panel.target_button.click()
+
+
+def set_bounds_from_truth(widget, gt) -> None:
+    """Bounds spanning the true LV areas (what the estimate button computes), set with the spin boxes."""
+    areas = (np.asarray(gt.data) == 3).sum(axis=(-2, -1)) * widget.geometry.pixel_area_mm2
+    areas = areas[areas > 0]
+    widget.bounds_panel.upper_spin.setValue(float(areas.max()))
+    widget.bounds_panel.lower_spin.setValue(float(areas.min()))
+
+
+@pytest.fixture
+def nifti_phantom(tmp_path):
+    """The small phantom written to NIfTI (image and ground truth), as a user would have it on disk."""
+    phantom = make_cine_phantom(SMALL_SHAPE, seed=0)
+    image_path = tmp_path / "cine.nii.gz"
+    save_image(image_path, phantom.image, phantom.affine, frame_time_ms=phantom.frame_time_ms)
+    gt_img = phantom.to_nifti()[1]
+    gt_path = tmp_path / "cine_gt.nii.gz"
+    nib.save(gt_img, str(gt_path))
+    return image_path, gt_path
+
+
+def wait_idle(qtbot, widget, timeout=TRAIN_TIMEOUT_MS) -> None:
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=timeout)
+
+
+def test_train_preview_stop_correct_export(make_napari_viewer, qtbot, nifti_phantom, tmp_path, monkeypatch):
+    image_path, gt_path = nifti_phantom
+    viewer = make_napari_viewer()
+    [image] = viewer.open(str(image_path), plugin="napari-sizeloss")
+    [gt] = viewer.open(str(gt_path), plugin="napari-sizeloss")
+    gt.visible = False
+    widget = open_widget(viewer)
+    widget.image_combo.setCurrentText(image.name)
+    assert widget.image_layer is image
+    configure(widget, steps=2000, preview_every=1)
+    add_dots(viewer, widget, gt)
+    set_bounds_from_truth(widget, gt)
+    show_slice(viewer, image, 2, 1)
+
+    # --- train; the preview of the slice shown appears while training runs
+    widget.train_button.click()
+    assert widget.job == "train" and not widget.train_button.isEnabled() and widget.stop_button.isEnabled()
+    qtbot.waitUntil(lambda: widget.tracker is not None and widget.tracker.has_prediction, timeout=TRAIN_TIMEOUT_MS)
+    prediction = viewer.layers[f"{image.name} prediction"]
+    assert prediction.data.shape == image.data.shape
+    np.testing.assert_allclose(prediction.scale, image.scale)
+    qtbot.waitUntil(lambda: len(widget.loss_plot.steps) >= 3, timeout=TRAIN_TIMEOUT_MS)
+    assert "ETA" in widget.progress.format()
+    assert all(np.isfinite(widget.loss_plot.ce)) and all(v >= 0 for v in widget.loss_plot.size)
+
+    # --- stop mid-run: training ends within a step, then the whole volume is predicted
+    widget.stop_button.click()
+    wait_idle(qtbot, widget)
+    session = widget.session
+    steps_round1 = session.total_steps_done
+    assert 3 <= steps_round1 < 2000
+    assert widget.progress.format().startswith("stopped")
+    assert widget.train_button.isEnabled() and not widget.stop_button.isEnabled()
+    np.testing.assert_array_equal(np.asarray(prediction.data), widget.tracker.baseline)
+    states = widget.size_table.states
+    assert states is not None and states.shape == (4, 3)
+
+    # --- the user fixes slice z=3, t=2 with the brush and eraser, then uses the correction
+    show_slice(viewer, image, 3, 2)
+    prediction.paint((2, 3, 20, 30), 1, refresh=True)  # napari's brush: (t, z, y, x), label 1
+    prediction.brush_size = 1
+    prediction.paint((2, 3, 0, 0), 0, refresh=True)  # eraser
+    edited = widget.edited_slices()
+    assert edited[3, 2] and edited.sum() == 1
+    corrected_mask = np.asarray(prediction.data[2, 3]).copy()
+    widget.settings.steps.setValue(3)
+    widget.corrections_button.click()
+    assert widget.job == "train"
+    wait_idle(qtbot, widget)
+    assert widget.session is session  # continued from the current weights
+    assert session.total_steps_done == steps_round1 + 3
+    assert widget.supervision.corrected[3, 2] and widget.supervision.corrected.sum() == 1
+    np.testing.assert_array_equal(prediction.data[2, 3], corrected_mask)  # the correction stays shown
+    assert "✎" in widget.size_table.table.item(3, 2).text()
+
+    # --- export through the button (file dialog answered), read back with nibabel
+    out = tmp_path / "exported" / "cine_mask.nii.gz"
+    out.parent.mkdir()
+    monkeypatch.setattr(
+        "napari_sizeloss._qt.model_io.QFileDialog.getSaveFileName", lambda *a, **k: (str(out), "")
+    )
+    widget.export_button.click()
+    assert out.exists(), widget.status.text()
+    written, source = nib.load(str(out)), nib.load(str(image_path))
+    assert written.shape == source.shape == (64, 56, 4, 3)
+    np.testing.assert_allclose(written.affine, source.affine, atol=1e-5)
+    assert int(written.header["sform_code"]) == int(source.header["sform_code"])
+    np.testing.assert_array_equal(np.asarray(written.dataobj), np.asarray(prediction.data).T)
+
+    # --- never over the source image; an unwritable path is a message, not a traceback
+    before = image_path.read_bytes()
+    assert widget.export_masks(str(image_path)) is None
+    assert "source image" in widget.status.text()
+    assert image_path.read_bytes() == before
+    assert widget.export_masks(str(tmp_path / "missing" / "dir" / "m.nii.gz")) is None
+    assert "does not exist" in widget.status.text()
+
+    # --- the dots, tags and corrections were autosaved beside the image
+    widget.autosave_now()
+    assert (image_path.parent / "cine.sizeloss.npz").exists()
+
+
+def test_save_load_model_and_predict_another_volume(viewer, widget, qtbot, tmp_path, small_phantom):
+    gt = viewer.layers["cine phantom ground truth"]
+    configure(widget, steps=2)
+    add_dots(viewer, widget, gt)
+    set_bounds_from_truth(widget, gt)
+    widget.train()
+    wait_idle(qtbot, widget)
+    ckpt = widget.save_model(str(tmp_path / "model.ckpt"))
+    assert ckpt is not None and (tmp_path / "model.ckpt").exists()
+
+    assert widget.load_model(str(tmp_path / "model.ckpt"))
+    wait_idle(qtbot, widget)
+    assert widget.checkpoint_path == str(tmp_path / "model.ckpt") and widget.session is None
+
+    other = make_cine_phantom((48, 40, 3, 2), seed=5)
+    layer = viewer.add_image(other.image.T.copy(), name="other subject", scale=(30.0, 10.0, 6.0, 6.0))
+    widget.image_combo.setCurrentText("other subject")
+    assert widget.geometry.shape == (48, 40, 3, 2)
+    assert widget.predict()
+    wait_idle(qtbot, widget)
+    prediction = viewer.layers["other subject prediction"]
+    assert prediction.data.shape == layer.data.shape
+    assert set(np.unique(prediction.data)) <= {0, 1}
+    assert widget.tracker.has_prediction
+
+
+def test_checkpoint_for_another_number_of_classes_is_refused(widget, qtbot, tmp_path):
+    from napari_sizeloss.checkpoint import save_checkpoint
+    from napari_sizeloss.network import ENet
+
+    path = tmp_path / "three_classes.ckpt"
+    save_checkpoint(path, ENet(in_channels=1, num_classes=3))
+    assert widget.load_model(str(path))
+    wait_idle(qtbot, widget)
+    assert "class" in widget.status.text()
+    assert widget.checkpoint_path is None
+    assert widget.load_model_button.isEnabled() and widget.train_button.isEnabled()
+
+
+def test_worker_error_is_a_notification_and_the_widget_recovers(viewer, widget, qtbot, tmp_path):
+    """A checkpoint deleted between Load and Train: the worker fails, the user is told, nothing hangs."""
+    from napari.utils.notifications import notification_manager
+
+    gt = viewer.layers["cine phantom ground truth"]
+    configure(widget, steps=2)
+    add_dots(viewer, widget, gt, slices=((1, 0),))
+    set_bounds_from_truth(widget, gt)
+    widget.train()
+    wait_idle(qtbot, widget)
+    path = widget.save_model(str(tmp_path / "gone.ckpt"))
+    widget.load_model(path)
+    wait_idle(qtbot, widget)
+    (tmp_path / "gone.ckpt").unlink()
+
+    seen = []
+    notification_manager.notification_ready.connect(seen.append)
+    try:
+        widget.train()
+        wait_idle(qtbot, widget)
+    finally:
+        notification_manager.notification_ready.disconnect(seen.append)
+    assert any("gone.ckpt" in str(n.message) for n in seen)
+    assert "gone.ckpt" in widget.status.text()
+    assert widget.train_button.isEnabled() and widget.job is None
+
+
+def test_closing_the_widget_stops_training(viewer, qtbot):
+    widget = open_widget(viewer)
+    gt = viewer.layers["cine phantom ground truth"]
+    configure(widget, steps=100_000)
+    add_dots(viewer, widget, gt, slices=((1, 0),))
+    set_bounds_from_truth(widget, gt)
+    widget.train()
+    qtbot.waitUntil(lambda: len(widget.loss_plot.steps) >= 1, timeout=TRAIN_TIMEOUT_MS)
+    worker, session = widget.worker, widget.session
+    finished = []
+    worker.finished.connect(lambda: finished.append(True))
+    viewer.window.remove_dock_widget(widget)  # what the dock's close button does
+    qtbot.waitUntil(lambda: bool(finished), timeout=TRAIN_TIMEOUT_MS)
+    assert session.stopping
+    assert session.total_steps_done < 100_000
+
+
+def test_closing_the_viewer_stops_training(make_napari_viewer, small_phantom, qtbot):
+    viewer = make_napari_viewer()
+    add_layers(viewer, small_phantom)
+    widget = open_widget(viewer)
+    gt = viewer.layers["cine phantom ground truth"]
+    configure(widget, steps=100_000)
+    add_dots(viewer, widget, gt, slices=((1, 0),))
+    set_bounds_from_truth(widget, gt)
+    widget.train()
+    qtbot.waitUntil(lambda: len(widget.loss_plot.steps) >= 1, timeout=TRAIN_TIMEOUT_MS)
+    worker, session = widget.worker, widget.session
+    finished = []
+    worker.finished.connect(lambda: finished.append(True))
+    viewer.close()
+    qtbot.waitUntil(lambda: bool(finished), timeout=TRAIN_TIMEOUT_MS)
+    assert session.total_steps_done < 100_000
