@@ -269,9 +269,10 @@ class Experiment:
     images : torch.Tensor
         float32 ``(N, 1, S, S)`` training slices.
     full : torch.Tensor
-        int64 ``(N, S, S)`` 0/1 ground truth (full supervision).
+        uint8 ``(N, S, S)`` 0/1 ground truth (full supervision); int8 and
+        uint8 keep a 256x256 cohort small, batches are cast to int64.
     weak : torch.Tensor
-        int64 ``(N, S, S)``: 1 on the eroded target, -1 elsewhere (unlabelled).
+        int8 ``(N, S, S)``: 1 on the eroded target, -1 elsewhere (unlabelled).
     present : np.ndarray
         bool ``(N,)`` image tags.
     pixel_area : np.ndarray
@@ -364,8 +365,8 @@ def build_experiment(cohort: dict[str, list[CardiacVolume]], config: ReproduceCo
     pixel_area = np.concatenate([np.full(v.images.shape[0], v.geometry.pixel_area_mm2) for v in train])
     return Experiment(
         images=torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)),
-        full=torch.from_numpy(full.astype(np.int64)),
-        weak=torch.from_numpy(weak.astype(np.int64)),
+        full=torch.from_numpy(full.astype(np.uint8)),
+        weak=torch.from_numpy(weak.astype(np.int8)),
         present=present,
         pixel_area=pixel_area,
         val=val,
@@ -574,7 +575,7 @@ def train_method(
             lower, upper = lower_all[idx].to(device), upper_all[idx].to(device)
             logits = model(x)
             loss = _method_loss(
-                method, logits, experiment.weak[idx].to(device), experiment.full[idx].to(device),
+                method, logits, experiment.weak[idx].to(device).long(), experiment.full[idx].to(device).long(),
                 lower, upper, epoch, config,
             )
             optimiser.zero_grad(set_to_none=True)
@@ -738,7 +739,7 @@ def plot_dice_per_epoch(results: dict[str, MethodResult], path: Path) -> Path:
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7.5, 4.5), dpi=110)
+    fig = Figure(figsize=(10, 4.5), dpi=110)
     ax = fig.add_subplot(1, 1, 1)
     for key, method in METHODS.items():
         if key in results:
@@ -749,7 +750,9 @@ def plot_dice_per_epoch(results: dict[str, MethodResult], path: Path) -> Path:
     ax.set_ylabel("validation 3D Dice")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_title("Validation Dice per epoch (as the paper's Fig. 3)", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
     os.close(fd)
