@@ -156,12 +156,12 @@ METHODS: dict[str, Method] = {
 
 
 # ------------------------------------------------------------------ budgets
-#: Presets of ``--budget``; explicit options override them. Seconds are rough
-#: figures for all eight methods on 2 CPU cores.
+#: Presets of ``--budget``; explicit options override them. Times are for all
+#: eight methods on one CPU thread of the development machine.
 BUDGETS: dict[str, dict[str, object]] = {
-    # about 5 minutes: tiny phantoms on a 64x64 grid
+    # 3.5 minutes (measured): tiny phantoms on a 64x64 grid
     "quick": dict(epochs=20, size=64, batch_size=4, phantoms=8, phantom_shape=(96, 84, 8, 10)),
-    # about 30 minutes on 2 cores (the default)
+    # roughly 25 minutes (estimated from step timings; the default)
     "standard": dict(epochs=30, size=96, batch_size=4, phantoms=12, phantom_shape=(128, 112, 10, 10)),
     # the paper's settings: 256x256, batch 1, 200 epochs (a GPU is advisable)
     "paper": dict(epochs=200, size=256, batch_size=1, phantoms=100, phantom_shape=(192, 168, 10, 20)),
