@@ -75,6 +75,7 @@ from .acdc import (
     LV_CAVITY,
     CardiacVolume,
     PreparedVolume,
+    find_patients,
     load_acdc,
     phantom_cohort,
     prepare_volume,
@@ -793,8 +794,10 @@ def run_reproduction(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ReproduceError(f"--out {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
     device = select_device(config.device)
+    if config.data:
+        find_patients(config.data)  # a wrong folder fails before anything is written
+    out.mkdir(parents=True, exist_ok=True)
     finished = load_finished(out, config)
     todo = [m for m in config.methods if m not in finished]
     for key in config.methods:
