@@ -294,3 +294,16 @@ def test_proposals_loss_fits_a_mask_within_the_bounds():
     mask, info = proposal_mask(probs, weak == 1, lower, upper, lr=dual_lr(32, 32))
     assert bool(info.satisfied.all()) and int(mask[1].sum()) == 0
     assert float(loss) == pytest.approx(float(F.cross_entropy(logits, mask.long())), rel=1e-6)
+
+
+def test_runs_on_an_acdc_layout_folder(tmp_path):
+    from test_acdc import write_fake_acdc  # tests/ is on sys.path (no package)
+
+    write_fake_acdc(tmp_path / "acdc", 3)
+    config = tiny_config(data=str(tmp_path / "acdc"), methods=("size-two",))
+    results = run_reproduction(config, tmp_path / "r", log=quiet)
+    volumes = {row["volume"] for row in results["size-two"].per_volume}
+    assert len(volumes) == 2 and all(v.startswith("patient") for v in volumes)
+    assert {v.rsplit("_", 1)[1] for v in volumes} == {"ED", "ES"}
+    assert results["size-two"].fingerprint["data"] == str((tmp_path / "acdc").resolve())
+    assert "phantoms" not in results["size-two"].fingerprint
