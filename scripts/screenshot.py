@@ -9,7 +9,7 @@ layer, trains for a short budget, and saves a screenshot of the whole window
 
 Run under a virtual X server::
 
-    xvfb-run -a python scripts/screenshot.py [--out docs/images/plugin.png] [--steps 120]
+    xvfb-run -a -s "-screen 0 1920x1400x24" python scripts/screenshot.py [--out docs/images/plugin.png] [--steps 120]
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="docs/images/plugin.png", help="PNG to write")
     parser.add_argument("--steps", type=int, default=120, help="training steps before the screenshot")
-    parser.add_argument("--size", default="1600x1000", help="window size WxH in pixels")
+    parser.add_argument("--size", default="1700x1250", help="window size WxH in pixels")
     args = parser.parse_args(argv)
     # keep the user's autosave folder clean: the phantom has no file, its work goes to the data folder
     os.environ.setdefault("NAPARI_SIZELOSS_DATA_DIR", tempfile.mkdtemp(prefix="napari-sizeloss-shot-"))

@@ -15,6 +15,8 @@ from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
 REDRAW_MS = 300
 #: Values are clipped to this floor on the log axis (a size term of exactly 0).
 LOG_FLOOR = 1e-6
+#: The y axis spans at most this ratio (zeros of the size term sit on the bottom edge).
+MAX_DECADES = 1e4
 
 
 class LossPlot(QWidget):
@@ -29,12 +31,12 @@ class LossPlot(QWidget):
         self.figure.patch.set_alpha(0.0)
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-        self.canvas.setFixedHeight(180)
+        self.canvas.setFixedHeight(160)
         self.axes = self.figure.add_subplot(1, 1, 1)
         self._style_axes()
         (self.ce_line,) = self.axes.plot([], [], color="#ff9f1c", lw=1.2, label="cross-entropy")
         (self.size_line,) = self.axes.plot([], [], color="#2ec4b6", lw=1.2, label="size penalty")
-        self.axes.legend(loc="upper right", fontsize=7, frameon=False, labelcolor="#dddddd")
+        self.axes.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=7, frameon=False, labelcolor="#dddddd")
         self.steps: list[int] = []
         self.ce: list[float] = []
         self.size: list[float] = []
@@ -85,7 +87,7 @@ class LossPlot(QWidget):
         self._style_axes()
         (self.ce_line,) = self.axes.plot([], [], color="#ff9f1c", lw=1.2, label="cross-entropy")
         (self.size_line,) = self.axes.plot([], [], color="#2ec4b6", lw=1.2, label="size penalty")
-        self.axes.legend(loc="upper right", fontsize=7, frameon=False, labelcolor="#dddddd")
+        self.axes.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=7, frameon=False, labelcolor="#dddddd")
         self._dirty = True
 
     def _redraw_if_dirty(self) -> None:
@@ -98,9 +100,12 @@ class LossPlot(QWidget):
         self.ce_line.set_data(x, np.maximum(self.ce, LOG_FLOOR))
         self.size_line.set_data(x, np.maximum(self.size, LOG_FLOOR))
         if len(x):
-            values = np.maximum(np.concatenate([self.ce, self.size]), LOG_FLOOR)
+            values = np.concatenate([self.ce, self.size])
+            top = max(float(values.max()), LOG_FLOOR) * 1.5
+            positive = values[values > 0]
+            low = float(positive.min()) / 1.5 if positive.size else LOG_FLOOR
             self.axes.set_xlim(0, max(2, x[-1]))
-            self.axes.set_ylim(values.min() / 1.5, values.max() * 1.5)
+            self.axes.set_ylim(max(low, top / MAX_DECADES), top)
         self.canvas.draw_idle()
 
     def redraw_now(self) -> None:

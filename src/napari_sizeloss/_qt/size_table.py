@@ -100,7 +100,7 @@ class SizeTable(QWidget):
         self.table.verticalHeader().setDefaultSectionSize(20)
         self.table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
         self.table.setMinimumHeight(140)
-        self.table.setMaximumHeight(260)
+        self.table.setMaximumHeight(200)
         font = self.table.font()
         font.setPointSizeF(max(6.0, font.pointSizeF() * 0.85))
         self.table.setFont(font)

@@ -50,7 +50,8 @@ class TagsPanel(QGroupBox):
 
         self.range_first = QSpinBox()
         self.range_last = QSpinBox()
-        self.range_button = QPushButton("Mark range absent")
+        self.range_button = QPushButton("Mark range")
+        self.range_button.setToolTip("Tag slices z first..last as target-absent (all frames or this one)")
         self.range_button.clicked.connect(self._range)
         self.clear_button = QPushButton("Clear tags")
         self.clear_button.clicked.connect(self.clear_requested)

@@ -1,0 +1,153 @@
+"""The command line contract: outputs, and every error path (exit 2, one line, no file)."""
+
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_sizeloss.cli import main
+
+SHAPE = ["48", "40", "3", "2"]
+
+
+@pytest.fixture(scope="module")
+def phantom_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    image, gt, seeds = d / "cine.nii.gz", d / "gt.nii.gz", d / "seeds.nii.gz"
+    assert main(["phantom", str(image), "--gt", str(gt), "--seed", "3", "--shape", *SHAPE]) == 0
+    assert main(["clicks", str(gt), "--out", str(seeds), "--label", "3", "--frames", "0", "--seed", "1"]) == 0
+    return d, image, gt, seeds
+
+
+def run_error(argv, capsys):
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_phantom_clicks_and_seeds_line_up(phantom_files):
+    d, image, gt, seeds = phantom_files
+    img, lab, sd = nib.load(image), nib.load(gt), nib.load(seeds)
+    assert img.shape == lab.shape == sd.shape == tuple(int(s) for s in SHAPE)
+    np.testing.assert_allclose(sd.affine, img.affine)
+    assert np.issubdtype(sd.get_data_dtype(), np.unsignedinteger)
+    dots = np.asarray(sd.dataobj) == 1
+    assert dots.any()
+    assert np.all(np.asarray(lab.dataobj)[dots] == 3)  # every dot inside the LV cavity
+    assert not dots[..., 1].any()  # only frame 0 was clicked
+
+
+def test_bounds_prints_both_units(phantom_files, capsys):
+    d, image, gt, seeds = phantom_files
+    assert main(["bounds", str(gt), "--label", "3"]) == 0
+    out = capsys.readouterr().out
+    labels = np.asarray(nib.load(gt).dataobj)
+    areas = (labels == 3).sum(axis=(0, 1))
+    areas = areas[areas > 0]
+    sx, sy = nib.load(gt).header.get_zooms()[:2]
+    assert f"lower {1.1 * areas.min():.1f} px  {1.1 * areas.min() * sx * sy:.1f} mm2" in out
+    assert f"upper {0.9 * areas.max():.1f} px" in out
+
+
+def test_train_then_predict(phantom_files, capsys):
+    d, image, gt, seeds = phantom_files
+    model, pred, pred2 = d / "m.ckpt", d / "pred.nii.gz", d / "pred2.nii.gz"
+    code = main([
+        "train", str(image), "--seeds", str(seeds), "--bounds", "20", "600", "--steps", "4",
+        "--device", "cpu", "--model", str(model), "--pred", str(pred), "--crop", "32", "--batch-size", "2",
+        "--absent", "2:1",
+    ])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "step 1/4" in err and "done: 4 steps" in err
+    assert main(["predict", str(image), "--model", str(model), "--out", str(pred2), "--device", "cpu"]) == 0
+    a, b, src = nib.load(pred), nib.load(pred2), nib.load(image)
+    assert a.shape == b.shape == src.shape
+    np.testing.assert_array_equal(a.affine, src.affine)
+    assert int(a.header["sform_code"]) == int(src.header["sform_code"])
+    assert set(np.unique(np.asarray(a.dataobj))) <= {0, 1}
+    np.testing.assert_array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
+
+
+def test_train_errors_leave_no_file(phantom_files, tmp_path, capsys):
+    d, image, gt, seeds = phantom_files
+    model = tmp_path / "m.ckpt"
+    base = ["train", str(image), "--seeds", str(seeds), "--model", str(model), "--steps", "1", "--device", "cpu"]
+    cases = {
+        "contradictory bounds": (base + ["--bounds", "500", "100"], "lower"),
+        "negative bound": (base + ["--bounds", "-5", "100"], "lower"),
+        "bound above image": (base + ["--bounds", "5", "1e9"], "exceeds"),
+        "unknown device": (base[:-1] + ["tpu", "--bounds", "5", "100"], "tpu"),
+        "cuda absent": (base[:-1] + ["cuda", "--bounds", "5", "100"], "CUDA"),
+        "bad absent": (base + ["--bounds", "5", "100", "--absent", "99"], "slice 99"),
+        "absent clash": (base + ["--bounds", "5", "100", "--absent", "1"], "tagged"),
+    }
+    for name, (argv, needle) in cases.items():
+        line = run_error(argv, capsys)
+        assert needle in line, (name, line)
+        assert not model.exists(), name
+
+
+def test_input_errors(phantom_files, tmp_path, capsys):
+    d, image, gt, seeds = phantom_files
+    model = str(tmp_path / "m.ckpt")
+    text = tmp_path / "notes.nii.gz"
+    text.write_text("not a nifti")
+    empty = tmp_path / "empty.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(nib.load(image).shape, np.uint8), nib.load(image).affine), empty)
+    small = tmp_path / "small.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 3, 2), np.uint8), np.eye(4)), small)
+    common = ["--bounds", "5", "100", "--model", model, "--steps", "1", "--device", "cpu"]
+    assert "missing.nii.gz" in run_error(["train", str(tmp_path / "missing.nii.gz"), "--seeds", str(seeds), *common], capsys)
+    assert "notes.nii.gz" in run_error(["train", str(text), "--seeds", str(seeds), *common], capsys)
+    assert "shape" in run_error(["train", str(image), "--seeds", str(small), *common], capsys)
+    assert "dot" in run_error(["train", str(image), "--seeds", str(empty), *common], capsys)
+    assert not (tmp_path / "m.ckpt").exists()
+
+
+def test_outputs_are_checked_before_work(phantom_files, tmp_path, capsys):
+    d, image, gt, seeds = phantom_files
+    before = image.read_bytes()
+    line = run_error(["predict", str(image), "--model", str(d / "nope.ckpt"), "--out", str(image)], capsys)
+    assert "overwrite" in line
+    assert image.read_bytes() == before
+    line = run_error(["phantom", str(tmp_path / "no" / "dir" / "x.nii.gz")], capsys)
+    assert "does not exist" in line
+    line = run_error(["phantom", str(tmp_path / "x.png")], capsys)
+    assert ".nii" in line
+    line = run_error(["train", str(image), "--seeds", str(seeds), "--bounds", "5", "100",
+                      "--model", str(tmp_path), "--steps", "1"], capsys)
+    assert "directory" in line
+
+
+def test_hostile_checkpoint_is_refused(phantom_files, tmp_path, capsys):
+    d, image, gt, seeds = phantom_files
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            import os
+
+            return (os.system, (f"touch {marker}",))
+
+    import pickle
+
+    evil = tmp_path / "evil.ckpt"
+    evil.write_bytes(pickle.dumps(Evil()))
+    out = tmp_path / "mask.nii.gz"
+    run_error(["predict", str(image), "--model", str(evil), "--out", str(out)], capsys)
+    assert not marker.exists() and not out.exists()
+
+
+def test_console_script_reports_one_line_without_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "napari_sizeloss.cli", "bounds", str(tmp_path / "missing.nii.gz"), "--label", "3"],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: ") and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

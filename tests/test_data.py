@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+
+from napari_sizeloss.data import (
+    Box,
+    as_4d,
+    crop_volume,
+    from_4d,
+    normalisation_params,
+    normalise,
+    region_of_interest,
+    slice_targets,
+    uncrop_volume,
+)
+
+
+def test_as_4d_round_trip_keeps_values():
+    for shape in [(5, 6), (5, 6, 3), (5, 6, 3, 2)]:
+        a = np.arange(np.prod(shape)).reshape(shape)
+        four = as_4d(a)
+        assert four.ndim == 4
+        np.testing.assert_array_equal(from_4d(four, a.ndim), a)
+    with pytest.raises(ValueError):
+        as_4d(np.zeros(5))
+
+
+def test_normalisation_maps_percentiles_to_unit_range():
+    rng = np.random.default_rng(0)
+    img = rng.normal(100, 20, size=(40, 40, 3)).astype(np.float32)
+    img[0, 0, 0] = 1e6  # a hot voxel must not squash the range
+    params = normalisation_params(img)
+    out = normalise(img, params)
+    assert out.dtype == np.float32
+    assert np.isclose(np.percentile(out, 0.5), 0, atol=1e-3)
+    assert np.isclose(np.percentile(out, 99.5), 1, atol=1e-3)
+    assert out.max() <= 1.5
+
+
+def test_region_of_interest_contains_any_target_within_upper_bound():
+    seeds = np.zeros((120, 100, 2, 1), np.uint8)
+    seeds[60, 50, 0, 0] = 1
+    seeds[64, 47, 1, 0] = 1
+    upper = 400.0  # a disc of 400 px has radius ~11.3 px
+    box = region_of_interest(seeds, upper, min_side=16)
+    h, w = box.shape
+    assert h % 8 == 0 and w % 8 == 0
+    r = np.sqrt(upper / np.pi)
+    # every pixel within r of either dot lies inside the box
+    for cx, cy in [(60, 50), (64, 47)]:
+        assert box.x0 <= cx - r and cx + r < box.x1
+        assert box.y0 <= cy - r and cy + r < box.y1
+    # min_side grows it symmetrically
+    big = region_of_interest(seeds, upper, min_side=96)
+    assert big.shape == (96, 96)
+    with pytest.raises(ValueError, match="no target dots"):
+        region_of_interest(np.zeros_like(seeds), upper)
+
+
+def test_crop_uncrop_round_trip_with_padding_outside_image():
+    rng = np.random.default_rng(1)
+    vol = rng.random((30, 20, 2, 2)).astype(np.float32)
+    box = Box(-4, 20, 10, 34)  # sticks out on two sides
+    crop = crop_volume(vol, box, fill=-1)
+    assert crop.shape == (24, 24, 2, 2)
+    assert np.all(crop[:4] == -1) and np.all(crop[:, 10:] == -1)
+    np.testing.assert_array_equal(crop[4:, :10], vol[0:20, 10:20])
+    back = uncrop_volume(crop, box, (30, 20))
+    np.testing.assert_array_equal(back[0:20, 10:20], vol[0:20, 10:20])
+    assert np.all(back[20:] == 0) and np.all(back[:, :10] == 0)
+
+
+def test_slice_targets_codes():
+    seeds = np.array([[0, 1], [2, 0]], np.uint8)
+    np.testing.assert_array_equal(slice_targets(seeds, None), [[-1, 1], [0, -1]])
+    np.testing.assert_array_equal(slice_targets(seeds, np.array([[1, 0], [0, 1]])), [[1, 0], [0, 1]])

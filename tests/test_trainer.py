@@ -1,0 +1,192 @@
+"""Trainer behaviour on a tiny synthetic volume of bright discs."""
+
+import math
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from napari_sizeloss.bounds import SizeBounds
+from napari_sizeloss.metrics import dice_3d
+from napari_sizeloss.trainer import JITTER, EventKind, Predictor, TrainConfig, TrainingSession, train
+from napari_sizeloss.weak_labels import SeedsError
+
+
+def disc_volume(shape=(48, 40, 3, 2), radii=(9, 7, 5), seed=0):
+    """Bright discs (one per slice, radius shrinking with z) on a darker noisy ring background."""
+    rng = np.random.default_rng(seed)
+    X, Y, Z, T = shape
+    xx, yy = np.meshgrid(np.arange(X), np.arange(Y), indexing="ij")
+    image = np.zeros(shape, np.float32)
+    target = np.zeros(shape, bool)
+    for z in range(Z):
+        for t in range(T):
+            r = radii[z] - t
+            disc = (xx - 24) ** 2 + (yy - 20) ** 2 <= r**2
+            ring = ((xx - 24) ** 2 + (yy - 20) ** 2 <= (r + 4) ** 2) & ~disc
+            image[..., z, t] = 0.2 + 0.8 * disc + 0.4 * ring
+            target[..., z, t] = disc
+    image += rng.normal(0, 0.05, size=shape).astype(np.float32)
+    seeds = np.zeros(shape, np.uint8)
+    seeds[24, 20, :, 0] = 1
+    seeds[23, 20, :, 0] = 1
+    return image, seeds, target
+
+
+def small_config(**kw):
+    base = dict(steps=30, batch_size=4, crop=32, device="cpu", preview_every=0, seed=0)
+    base.update(kw)
+    return TrainConfig.interactive(**base)
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="penalty"):
+        TrainConfig(penalty="l2")
+    with pytest.raises(ValueError, match="budget"):
+        TrainConfig(steps=None, minutes=None)
+    with pytest.raises(ValueError, match="learning rate"):
+        TrainConfig(lr=-1)
+    paper = TrainConfig.paper()
+    assert (paper.batch_size, paper.crop, paper.lr, paper.lr_halve_every, paper.size_weight) == (1, None, 5e-3, 100, 1e-2)
+
+
+def test_events_and_budget():
+    image, seeds, _ = disc_volume()
+    events = []
+    session = train(image, seeds, SizeBounds(20, 300), config=small_config(steps=5), callback=events.append)
+    kinds = [e.kind for e in events]
+    assert kinds == [EventKind.STEP] * 5 + [EventKind.DONE]
+    assert [e.step for e in events[:5]] == [1, 2, 3, 4, 5]
+    assert all(np.isclose(e.loss, e.ce + e.size) for e in events[:5])
+    assert events[0].sizes.shape == (4,) and events[0].lower.shape == (4,)
+    assert events[-1].stopped is False
+    assert session.total_steps_done == 5
+
+
+def test_size_term_is_normalised_quadratic_penalty():
+    image, seeds, _ = disc_volume()
+    session = TrainingSession(image, seeds, SizeBounds(50, 60), config=small_config())
+    torch.manual_seed(3)
+    logits = torch.randn(2, 2, 16, 16)
+    targets = torch.full((2, 16, 16), -1, dtype=torch.long)
+    targets[0, 3, 3] = 1
+    lower = torch.tensor([50.0, 0.0])
+    upper = torch.tensor([60.0, 10.0])
+    loss, ce, size, sizes = session._loss(logits, targets, lower, upper)
+    s = torch.softmax(logits, 1)[:, 1].sum((1, 2))
+    expected = torch.where(s < lower, (s - lower) ** 2, torch.where(s > upper, (s - upper) ** 2, torch.zeros_like(s)))
+    area = image.shape[0] * image.shape[1]
+    assert torch.allclose(size, 1e-2 * expected.mean() / area, rtol=1e-5)
+    assert torch.allclose(sizes, s)
+
+
+def test_size_penalty_beats_cross_entropy_alone():
+    image, seeds, target = disc_volume()
+    bounds = SizeBounds(60, 300)
+    with_size = train(image, seeds, bounds, config=small_config(steps=60))
+    without = train(image, seeds, bounds, config=small_config(steps=60, size_weight=0.0))
+    d_size = float(np.mean(dice_3d(with_size.predict(), target)))
+    d_ce = float(np.mean(dice_3d(without.predict(), target)))
+    # with foreground dots only, CE alone has no reason to stop growing
+    assert d_size > d_ce + 0.1, (d_size, d_ce)
+    assert d_size > 0.6
+
+
+def test_stop_from_another_thread_ends_within_a_step():
+    image, seeds, _ = disc_volume()
+    session = TrainingSession(image, seeds, SizeBounds(20, 300), config=small_config(steps=10_000))
+    events = []
+    for event in session.run():
+        events.append(event)
+        if event.step == 3:
+            threading.Thread(target=session.stop).start()
+            threading.Event().wait(0.05)
+    assert events[-1].kind is EventKind.DONE and events[-1].stopped
+    assert events[-2].step <= 4
+
+
+def test_preview_of_requested_slice():
+    image, seeds, _ = disc_volume()
+    session = TrainingSession(image, seeds, SizeBounds(20, 300), config=small_config(steps=4, preview_every=2))
+    session.request_preview(2, 1)
+    events = list(session.run())
+    previews = [e.preview for e in events if e.preview is not None]
+    assert len(previews) == 2
+    assert (previews[0].z, previews[0].t) == (2, 1)
+    assert previews[0].mask.shape == image.shape[:2] and previews[0].mask.dtype == np.uint8
+
+
+def test_tags_and_corrections_set_slice_bounds():
+    image, seeds, target = disc_volume()
+    absent = np.zeros((3, 2), bool)
+    absent[1, 1] = True
+    corrected = np.zeros((3, 2), bool)
+    corrected[2, 1] = True
+    session = TrainingSession(
+        image, seeds, SizeBounds(20, 300), absent=absent,
+        corrections=target.astype(np.uint8), corrected=corrected, config=small_config(),
+    )
+    lower, upper = session.slice_bounds_px()
+    assert (lower[0, 0], upper[0, 0]) == (20, 300)  # dots: both bounds
+    assert (lower[1, 1], upper[1, 1]) == (0, 0)  # tagged absent: suppression
+    assert (lower[0, 1], upper[0, 1]) == (0, 300)  # no information: upper bound only
+    area = target[..., 2, 1].sum()
+    assert lower[2, 1] == upper[2, 1] == area  # corrected: its exact area
+    # a corrected slice is fully supervised: every image pixel inside the
+    # training crop is labelled (only padding beyond the image edge is not)
+    J, roi = JITTER, session.roi
+    X, Y = image.shape[:2]
+    xs = slice(max(0, -(roi.x0 - J)), min(roi.x1 + J, X) - (roi.x0 - J))
+    ys = slice(max(0, -(roi.y0 - J)), min(roi.y1 + J, Y) - (roi.y0 - J))
+    assert (session._train_targets[xs, ys, 2, 1] >= 0).all()
+    assert (session._train_targets[xs, ys, 2, 0] >= 0).mean() < 0.1  # an uncorrected slice is not
+
+    bad = absent.copy()
+    bad[0, 0] = True
+    with pytest.raises(SeedsError, match="z=0, t=0"):
+        TrainingSession(image, seeds, SizeBounds(20, 300), absent=bad, config=small_config())
+
+
+def test_mm2_bounds_convert_with_spacing():
+    image, seeds, _ = disc_volume()
+    session = TrainingSession(
+        image, seeds, SizeBounds(40, 600, unit="mm2"), spacing=(2.0, 1.0, 8.0), config=small_config()
+    )
+    assert session.bounds_px.unit == "px"
+    assert math.isclose(session.bounds_px.lower, 20) and math.isclose(session.bounds_px.upper, 300)
+
+
+def test_bad_inputs_are_refused():
+    image, seeds, _ = disc_volume()
+    with pytest.raises(ValueError, match="NaN"):
+        nan = image.copy()
+        nan[0, 0, 0, 0] = np.nan
+        TrainingSession(nan, seeds, SizeBounds(20, 300), config=small_config())
+    with pytest.raises(ValueError, match="shape"):
+        TrainingSession(image, seeds[:, :, :2], SizeBounds(20, 300), config=small_config())
+    with pytest.raises(ValueError, match="dots"):
+        TrainingSession(image, np.zeros_like(seeds), SizeBounds(20, 300), config=small_config())
+    with pytest.raises(ValueError, match="exceeds"):
+        TrainingSession(image, seeds, SizeBounds(20, 10_000), config=small_config())
+
+
+def test_same_seed_same_result():
+    image, seeds, _ = disc_volume()
+    a = train(image, seeds, SizeBounds(20, 300), config=small_config(steps=6)).probabilities()
+    b = train(image, seeds, SizeBounds(20, 300), config=small_config(steps=6)).probabilities()
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_checkpoint_round_trip_and_continue(tmp_path):
+    image, seeds, target = disc_volume()
+    session = train(image, seeds, SizeBounds(60, 300), config=small_config(steps=20))
+    path = session.save(tmp_path / "m.ckpt")
+    predictor = Predictor.from_checkpoint(path, device="cpu")
+    np.testing.assert_array_equal(predictor.predict(image), session.predict())
+    # a 3D volume of another shape works too (whole image, no region)
+    other = predictor.predict(image[4:40, 2:38, :, 0])
+    assert other.shape == (36, 36, 3) and other.dtype == np.uint8
+    # continuing from the checkpoint starts from its weights
+    resumed = TrainingSession(image, seeds, SizeBounds(60, 300), config=small_config(steps=1), checkpoint=path)
+    np.testing.assert_allclose(resumed.probabilities(), session.probabilities(), atol=1e-5)
