@@ -56,7 +56,7 @@ def train_step_ms(device, *, size=256, batch=1, repeats=20, warmup=5, channels_l
     """Median wall time (ms) of one full training step (forward, losses, backward, Adam)."""
     import torch
 
-    from .device import autocast
+    from .device import autocast, make_adam
     from .losses import partial_cross_entropy, size_penalty
     from .network import ENet
 
@@ -64,7 +64,7 @@ def train_step_ms(device, *, size=256, batch=1, repeats=20, warmup=5, channels_l
     model = ENet().to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    opt = make_adam(model.parameters(), 5e-3, device)
     x = torch.rand(batch, 1, size, size, device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)

@@ -187,3 +187,20 @@ def configure_threads(n: int | None) -> int:
             raise DeviceError(f"threads must be a whole number >= 1, got {n!r}")
         torch.set_num_threads(n)
     return torch.get_num_threads()
+
+
+def make_adam(params, lr: float, device: torch.device | str = "cpu") -> torch.optim.Adam:
+    """Adam, fused into one kernel where torch supports it (CPU and CUDA).
+
+    On 2 CPU cores the fused update costs about 4 ms per ENet step instead of
+    about 17 ms for the per-parameter loop (``napari-sizeloss bench``). The
+    arithmetic is Adam's either way; the fused kernel's rounding differs only
+    in the last bits.
+    """
+    params = list(params)
+    if _as_device(device).type in ("cpu", "cuda"):
+        try:
+            return torch.optim.Adam(params, lr=lr, fused=True)
+        except (RuntimeError, TypeError, ValueError):
+            pass  # an older torch or a parameter dtype the fused kernel lacks
+    return torch.optim.Adam(params, lr=lr)

@@ -542,11 +542,12 @@ def train_method(
     prefix: str = "",
 ) -> MethodResult:
     """Train ENet from scratch with ``method`` and score it after every epoch."""
+    from .device import make_adam
     from .network import ENet
 
     torch.manual_seed(config.seed)
     model = ENet(in_channels=1, num_classes=2).to(device)
-    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimiser = make_adam(model.parameters(), config.lr, device)
     lower_np, upper_np = experiment.slice_bounds(method)
     lower_all = torch.from_numpy(lower_np.astype(np.float32))
     upper_all = torch.from_numpy(upper_np.astype(np.float32))

@@ -55,7 +55,7 @@ from .data import (
     slice_targets,
     uncrop_volume,
 )
-from .device import autocast, select_device, uses_channels_last
+from .device import autocast, make_adam, select_device, uses_channels_last
 from .losses import log_barrier, partial_cross_entropy, size_penalty
 from .metrics import dice_3d
 from .network import ENet
@@ -300,7 +300,7 @@ class TrainingSession:
         self.model.to(self.device)
         if self._channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.config.lr)
+        self.optimizer = make_adam(self.model.parameters(), self.config.lr, self.device)
         if ckpt is not None and ckpt.optimizer_state:
             try:
                 self.optimizer.load_state_dict(ckpt.optimizer_state)

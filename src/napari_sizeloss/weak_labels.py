@@ -147,6 +147,7 @@ def click_seeds(
     rng: int | np.random.Generator | None = None,
     background_k: int = 0,
     background_margin: int = 5,
+    background_within: float | None = None,
 ) -> np.ndarray:
     """Simulate a user who clicks ``k`` dots inside the target on chosen slices and frames.
 
@@ -178,6 +179,10 @@ def click_seeds(
     background_margin : int
         Minimum distance (px) from a background dot's centre to the mask;
         raised to ``radius + 1`` if smaller.
+    background_within : float, optional
+        Maximum distance (px) from a background dot's centre to the mask:
+        dots on the tissue right around the target (the wall a network
+        leaks into), where a user clicks background. None: anywhere.
 
     Returns
     -------
@@ -188,6 +193,11 @@ def click_seeds(
     if k < 0 or background_k < 0 or radius < 0:
         raise ValueError(
             f"click counts and radius must be >= 0; got k={k}, background_k={background_k}, radius={radius}"
+        )
+    if background_within is not None and not background_within > max(int(background_margin), int(radius) + 1):
+        raise ValueError(
+            f"background_within ({background_within}) must exceed the background margin "
+            f"({max(int(background_margin), int(radius) + 1)} px)"
         )
     mask = np.asarray(mask).astype(bool)
     m4 = _as_4d(mask)
@@ -219,7 +229,10 @@ def click_seeds(
             if background_k > 0:
                 outside = ~target
                 distance = ndi.distance_transform_edt(outside) if target.any() else np.full(target.shape, np.inf)
-                candidates = np.argwhere(distance > margin)
+                near = distance > margin
+                if background_within is not None and target.any():
+                    near &= distance <= background_within
+                candidates = np.argwhere(near)
                 centres = _pick_centres(candidates, background_k, spacing, generator)
                 _stamp(out, centres, offsets, outside, SEED_BACKGROUND)
     return seeds.reshape(mask.shape)

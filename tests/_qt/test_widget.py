@@ -181,3 +181,32 @@ def test_widget_module_does_not_import_torch():
     code = "import sys, napari_sizeloss._widget; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_loss_plot_paints_curves_fast_and_keeps_spikes(qtbot):
+    """The live loss plot (QPainter, GUI thread) paints log-scale curves, round marks, and keeps spikes."""
+    import time
+
+    from napari_sizeloss._qt.loss_plot import LossPlot, decimate, y_limits
+
+    plot = LossPlot()
+    qtbot.addWidget(plot)
+    plot.resize(400, 160)
+    plot.show()
+    rng = np.random.default_rng(0)
+    for i in range(3000):
+        plot.append(float(np.exp(-i / 500) + 0.01 * rng.random()), 0.0 if i % 7 else 1e-3)
+    plot.start_round()
+    assert plot.round_starts == [3000]
+    image = plot.grab().toImage()  # runs paintEvent
+    assert plot.paint_count >= 1
+    colours = {image.pixelColor(x, y).name() for x in range(0, image.width(), 2) for y in range(0, image.height(), 2)}
+    assert "#ff9f1c" in colours and "#2ec4b6" in colours  # both curves (and their legend) are drawn
+    # zeros of the size term sit at the floor, the axis spans both curves
+    low, top = y_limits(plot.ce, plot.size)
+    assert low <= 1e-3 and top >= max(plot.ce)
+    # decimation keeps a single spike
+    y = np.ones(5000)
+    y[1234] = 50.0
+    xs, ys = decimate(np.arange(5000.0), y, max_points=100)
+    assert len(xs) <= 102 and ys.max() == 50.0 and 1234.0 in xs

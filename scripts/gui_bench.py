@@ -1,0 +1,166 @@
+"""Measure training in the napari widget against the same training without a GUI.
+
+Opens napari on the cine phantom, adds the dock widget, clicks the demo's dots
+through the seeds layer (as a user would), sets the demo's bounds, and trains
+a fixed number of steps in the widget's thread worker while a 10 ms Qt timer
+records how long the event loop goes without running it (a stall is a frozen
+window). Then trains the same request with the same settings in a plain
+``TrainingSession`` (what ``napari-sizeloss train`` runs) and prints both
+throughputs and their ratio.
+
+Run under a virtual X server::
+
+    xvfb-run -a python scripts/gui_bench.py [--steps 100] [--repeats 3] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+from scipy import ndimage as ndi
+
+
+def wait_for(app, condition, timeout_s: float) -> bool:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        app.processEvents()
+        if condition():
+            return True
+        time.sleep(0.005)
+    return False
+
+
+class StallMeter:
+    """A 10 ms QTimer; the longest gap between its ticks is the longest stall."""
+
+    def __init__(self, interval_ms: int = 10) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.interval_ms = interval_ms
+        self.gaps: list[float] = []
+        self._last = None
+        self.timer = QTimer()
+        self.timer.setInterval(interval_ms)
+        self.timer.timeout.connect(self._tick)
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        if self._last is not None:
+            self.gaps.append((now - self._last) * 1000)
+        self._last = now
+
+    def start(self) -> None:
+        self.gaps.clear()
+        self._last = None
+        self.timer.start()
+
+    def stop(self) -> None:
+        self.timer.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=100, help="training steps per round")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds in each setting (medians are printed)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("NAPARI_SIZELOSS_DATA_DIR", tempfile.mkdtemp(prefix="napari-sizeloss-bench-"))
+
+    import napari
+    import torch
+    from qtpy.QtWidgets import QApplication
+
+    from napari_sizeloss.bounds import SizeBounds
+    from napari_sizeloss.demo import make_demo_case
+    from napari_sizeloss.trainer import TrainingSession
+    from napari_sizeloss._qt.jobs import build_config
+
+    case = make_demo_case(seed=0)
+    ph = case.phantom
+    viewer = napari.Viewer(show=True, title="napari-sizeloss bench")
+    image_layer = viewer.add_image(
+        np.transpose(case.image, (3, 2, 1, 0)), name="cine", scale=(1.0, ph.spacing[2], ph.spacing[1], ph.spacing[0])
+    )
+    _, widget = viewer.window.add_plugin_dock_widget("napari-sizeloss", "Size-constrained segmentation")
+    app = QApplication.instance()
+    widget.go_to_slice(case.clicked_slices[0], case.clicked_frames[0])
+
+    # the demo's dots (discs of radius 1), one click each at the disc's centre,
+    # added through the seeds layer in its data coordinates (T, Z, Y, X)
+    seeds = widget.seeds_layer
+    for code, kind in ((1, "target"), (2, "background")):
+        components, n = ndi.label(case.seeds == code)
+        if n:
+            centres = np.round(ndi.center_of_mass(components > 0, components, range(1, n + 1))).astype(int)
+            xs, ys, zs, ts = centres.T
+            seeds.feature_defaults["kind"] = kind
+            seeds.add(np.stack([ts, zs, ys, xs], axis=1))
+    seeds.feature_defaults["kind"] = "target"
+    unit = widget.bounds_panel.unit
+    bounds = case.bounds.to_mm2(ph.spacing[:2]) if unit == "mm2" else case.bounds
+    widget.bounds_panel.set_bounds(bounds.lower, bounds.upper)
+    widget.settings.ensure_loaded()
+
+    meter = StallMeter()
+
+    def train_round(steps: int) -> tuple[float, float]:
+        widget.settings.steps.setValue(steps)
+        widget.session = None  # each round starts afresh, as the plain run below
+        meter.start()
+        if not widget.train():
+            raise SystemExit(f"error: training did not start: {widget.status.text()}")
+        wait_for(app, lambda: widget.worker is None, timeout_s=1800)
+        meter.stop()
+        return widget._last_round.get("images_per_s", 0.0), (max(meter.gaps) if meter.gaps else float("nan"))
+
+    # the first press also makes the prediction layer (napari builds its visual): timed apart
+    _, first_press_stall = train_round(2)
+    gui_rates, stalls = [], []
+    for _ in range(args.repeats):
+        rate, stall = train_round(args.steps)
+        gui_rates.append(rate)
+        stalls.append(stall)
+    request = widget._snapshot_request()
+    viewer.close()
+
+    cli_rates = []
+    for _ in range(args.repeats):
+        session = TrainingSession(
+            request.image, request.seeds, SizeBounds(request.lower, request.upper, unit=request.unit),
+            spacing=request.spacing, absent=request.absent, config=build_config(request.config),
+        )
+        for event in session.run():
+            pass
+        cli_rates.append(event.images_per_s)
+
+    gui, cli = statistics.median(gui_rates), statistics.median(cli_rates)
+    result = {
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "torch_threads": torch.get_num_threads(),
+        "gui_images_per_s": round(gui, 1),
+        "cli_images_per_s": round(cli, 1),
+        "gui_over_cli": round(gui / cli, 3),
+        "max_event_loop_stall_ms": round(statistics.median(stalls), 1),
+        "max_event_loop_stall_ms_worst": round(max(stalls), 1),
+        "first_train_press_stall_ms": round(first_press_stall, 1),
+    }
+    print(f"training in the widget's worker: {gui:.1f} images/s (median of {args.repeats} rounds of {args.steps} steps)")
+    print(f"same training without a GUI:     {cli:.1f} images/s")
+    print(f"GUI / no GUI: {gui / cli:.2f}")
+    print(f"longest event-loop stall during training: {result['max_event_loop_stall_ms']} ms (median over rounds; worst {result['max_event_loop_stall_ms_worst']} ms)")
+    print(f"first Train press (napari creates the prediction layer): longest stall {first_press_stall:.0f} ms")
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
