@@ -24,7 +24,6 @@ import tempfile
 import time
 
 import numpy as np
-from scipy import ndimage as ndi
 
 
 def wait_for(app, condition, timeout_s: float) -> bool:
@@ -80,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     from napari_sizeloss.bounds import SizeBounds
     from napari_sizeloss.demo import make_demo_case
     from napari_sizeloss.trainer import TrainingSession
+    from napari_sizeloss.weak_labels import dot_centres
     from napari_sizeloss._qt.jobs import build_config
 
     case = make_demo_case(seed=0)
@@ -96,9 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     # added through the seeds layer in its data coordinates (T, Z, Y, X)
     seeds = widget.seeds_layer
     for code, kind in ((1, "target"), (2, "background")):
-        components, n = ndi.label(case.seeds == code)
-        if n:
-            centres = np.round(ndi.center_of_mass(components > 0, components, range(1, n + 1))).astype(int)
+        centres = dot_centres(case.seeds, code)
+        if len(centres):
             xs, ys, zs, ts = centres.T
             seeds.feature_defaults["kind"] = kind
             seeds.add(np.stack([ts, zs, ys, xs], axis=1))

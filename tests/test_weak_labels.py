@@ -10,6 +10,7 @@ from napari_sizeloss.weak_labels import (
     SEED_UNLABELLED,
     SeedsError,
     click_seeds,
+    dot_centres,
     erosion_weak_labels,
     seeded_slices,
     validate_seeds,
@@ -157,6 +158,33 @@ def test_background_dots_lie_outside_the_mask_with_a_margin(cine_mask):
                 assert distance[background].min() > 6 - 1  # centre beyond 6 px, disc radius 1
     assert not cine_mask[seeds == SEED_BACKGROUND].any()
     assert cine_mask[seeds == SEED_TARGET].all()
+
+
+def test_background_within_puts_dots_on_the_ring_around_the_target(cine_mask):
+    seeds = click_seeds(cine_mask, k=2, radius=1, rng=5, background_k=3, background_margin=2, background_within=8)
+    for z in range(4):
+        for t in range(3):
+            target = cine_mask[..., z, t]
+            if not target.any():
+                continue
+            distance = ndi.distance_transform_edt(~target)
+            centres = [c for c in dot_centres(seeds, SEED_BACKGROUND) if c[2] == z and c[3] == t]
+            assert len(centres) == 3
+            for cx, cy, _, _ in centres:
+                assert 2 < distance[cx, cy] <= 8  # on the ring, not anywhere in the image
+    with pytest.raises(ValueError, match="must exceed"):
+        click_seeds(cine_mask, background_k=1, background_margin=5, background_within=4)
+
+
+def test_dot_centres_count_dots_per_slice():
+    seeds = np.zeros((20, 20, 2, 1), np.uint8)
+    seeds[4:7, 4:7, 0, 0] = SEED_TARGET  # a 3x3 dot centred at (5, 5)
+    seeds[4:7, 4:7, 1, 0] = SEED_TARGET  # the same place one slice on: another dot
+    seeds[12, 15, 1, 0] = SEED_BACKGROUND
+    target = dot_centres(seeds, SEED_TARGET)
+    assert sorted(map(tuple, target)) == [(5, 5, 0, 0), (5, 5, 1, 0)]
+    assert [tuple(r) for r in dot_centres(seeds, SEED_BACKGROUND)] == [(12, 15, 1, 0)]
+    assert dot_centres(np.zeros((5, 5, 1, 1), np.uint8)).shape == (0, 4)
 
 
 def test_thin_target_gets_one_dot_at_its_deepest_point_cut_to_the_mask():

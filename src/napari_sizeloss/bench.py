@@ -90,68 +90,143 @@ def train_step_ms(device, *, size=256, batch=1, repeats=20, warmup=5, channels_l
     return statistics.median(times)
 
 
-def predict_cine_s(device, *, shape=(256, 256, 10, 25), repeats=3) -> float:
-    """Median seconds to predict every slice of a (X, Y, Z, T) cine volume."""
+def predict_cine_s(device, *, shape=(256, 256, 10, 25), repeats=3, box_side: int | None = None) -> float:
+    """Median seconds to predict every slice of a (X, Y, Z, T) cine volume.
+
+    ``box_side``: predict inside a centred square of this side only (what the
+    trainer does: its region of interest around the dots), zero elsewhere.
+    """
     import torch
 
+    from .data import Box
     from .network import ENet
     from .trainer import predict_volume
 
     torch.manual_seed(0)
     model = ENet().to(device)
     image = np.random.default_rng(0).random(shape, dtype=np.float32)
+    box = None
+    if box_side:
+        x0, y0 = (shape[0] - box_side) // 2, (shape[1] - box_side) // 2
+        box = Box(x0, x0 + box_side, y0, y0 + box_side)
     times = []
-    predict_volume(model, image[..., :1], normalisation="auto", device=device)  # warm-up
+    predict_volume(model, image[..., :1], normalisation="auto", device=device, box=box)  # warm-up
     for _ in range(repeats):
         _sync(device)
         t0 = time.perf_counter()
-        predict_volume(model, image, normalisation="auto", device=device, batch_size=25)
+        predict_volume(model, image, normalisation="auto", device=device, batch_size=25, box=box)
         _sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
-def time_to_quality(device, *, seconds=60.0, steps_between=25, seed=0, threads=None) -> dict:
-    """Train the demo case (phantom, clicks on 3 slices of ED and ES) for
-    ``seconds``, scoring the 3D Dice over all frames every ``steps_between`` steps.
-
-    The time excludes scoring: it is training time since pressing Train.
-    """
-    import resource
-
-    from .demo import make_demo_case
+def _score(session, target) -> float:
     from .metrics import dice_3d
-    from .trainer import TrainConfig, TrainingSession
 
-    case = make_demo_case(seed=seed)
-    config = TrainConfig.interactive(steps=None, minutes=10.0, device=str(device), seed=seed,
-                                     preview_every=0, threads=threads)
-    session = TrainingSession(case.image, case.seeds, case.bounds, spacing=case.phantom.spacing, config=config)
+    return float(np.mean(dice_3d(session.predict(), target)))
+
+
+def _train_for(session, target, seconds: float, steps_between: int, curve: list, offset: float = 0.0):
+    """Run ``session`` until ``seconds`` of training time, scoring every ``steps_between`` steps.
+
+    Scoring time is not counted. Returns the training time spent.
+    """
     train_time = 0.0
-    curve = []
-    first_085 = None
-    run = session.run()
     last_mark = time.perf_counter()
-    for event in run:
+    for event in session.run():
         if event.kind.value == "done":
             break
         if event.step % steps_between == 0:
             train_time += time.perf_counter() - last_mark
-            dice = float(np.mean(dice_3d(session.predict(), case.target)))
-            curve.append((round(train_time, 2), round(dice, 4)))
-            if first_085 is None and dice >= 0.85:
-                first_085 = train_time
+            curve.append((round(offset + train_time, 2), round(_score(session, target), 4)))
             if train_time >= seconds:
                 session.stop()
             last_mark = time.perf_counter()
+    return train_time
+
+
+def worst_slices(mask: np.ndarray, target: np.ndarray, n: int = 2) -> list[tuple[int, int]]:
+    """The ``n`` slice-frames ``(z, t)`` with the lowest 2D Dice where the target is present."""
+    from .metrics import dice_2d
+
+    pred, gt = np.asarray(mask) > 0, np.asarray(target) > 0
+    Z, T = gt.shape[2:]
+    scores = []
+    for z in range(Z):
+        for t in range(T):
+            if gt[:, :, z, t].any():
+                scores.append((float(dice_2d(pred[:, :, z, t][..., None], gt[:, :, z, t][..., None])[0]), z, t))
+    scores.sort()
+    return [(z, t) for _, z, t in scores[:n]]
+
+
+def time_to_quality(device, *, seconds=60.0, correction_seconds=20.0, steps_between=25, seed=0,
+                    threads=None) -> dict:
+    """The interactive session on the demo case, timed as a user lives it.
+
+    Train the demo case (phantom, clicks on 3 slices of ED and ES) for
+    ``seconds``, scoring the 3D Dice over all frames every ``steps_between``
+    steps (scoring is not counted as training time); then correct the two
+    worst slices (their ground truth becomes full supervision, as a user's
+    brush would) and train ``correction_seconds`` more from the same weights.
+    """
+    import resource
+
+    from .demo import make_demo_case
+    from .trainer import TrainConfig, TrainingSession
+
+    case = make_demo_case(seed=seed)
+    config = TrainConfig.interactive(steps=None, minutes=60.0, device=str(device), seed=seed,
+                                     preview_every=0, threads=threads)
+    session = TrainingSession(case.image, case.seeds, case.bounds, spacing=case.phantom.spacing, config=config)
+    curve: list = []
+    spent = _train_for(session, case.target, seconds, steps_between, curve)
+    first_085 = next((t for t, d in curve if d >= 0.85), None)
+    dice_first = curve[-1][1] if curve else None
+    rate = session.history[-1].images_per_s if session.history else None
+
+    worst = worst_slices(session.predict(), case.target, 2)
+    corrected = np.zeros(case.image.shape[2:], dtype=bool)
+    for z, t in worst:
+        corrected[z, t] = True
+    session.update(corrections=case.target.astype(np.uint8), corrected=corrected)
+    corr_curve: list = []
+    _train_for(session, case.target, correction_seconds, max(5, steps_between // 2), corr_curve, offset=spent)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "time_to_dice_085_s": first_085,
-        "dice_at_60s": curve[-1][1] if curve else None,
+        "dice_at_60s": dice_first,
         "dice_curve": curve,
+        "corrected_slices": [list(map(int, zt)) for zt in worst],
+        "dice_after_corrections": corr_curve[-1][1] if corr_curve else None,
+        "corrections_round_s": correction_seconds,
+        "dice_curve_corrections": corr_curve,
         "peak_rss_mb": round(peak_mb, 1),
-        "images_per_s": session.history[-1].images_per_s if session.history else None,
+        "images_per_s": rate,
     }
+
+
+def compare_with_whole_slices(device, *, steps=300, seed=0, threads=None) -> dict:
+    """Interactive configuration against whole slices at batch 1 (the paper's), same number of steps.
+
+    Both train the demo case from the same initialisation; the whole-slice run
+    sees 1 image per step, the interactive one a batch of crops.
+    """
+    from .demo import make_demo_case
+    from .trainer import TrainConfig, train
+
+    case = make_demo_case(seed=seed)
+    out = {}
+    for name, overrides in (("interactive", {}), ("whole_b1", {"crop": None, "batch_size": 1})):
+        config = TrainConfig.interactive(steps=steps, device=str(device), seed=seed, preview_every=0,
+                                         threads=threads, **overrides)
+        t0 = time.perf_counter()
+        session = train(case.image, case.seeds, case.bounds, spacing=case.phantom.spacing, config=config)
+        seconds = time.perf_counter() - t0
+        out[name] = {"dice": round(_score(session, case.target), 4), "seconds": round(seconds, 1),
+                     "images_per_s": round(session.history[-1].images_per_s, 1)}
+    out["steps"] = steps
+    return out
 
 
 def run_bench(args) -> int:
@@ -165,13 +240,13 @@ def run_bench(args) -> int:
     quick = args.quick
     info = machine_info(device)
     results: dict = {"machine": info, "quick": bool(quick)}
-    print(f"machine: {info}")
+    print(f"machine: {info}", flush=True)
     fast = device.type == "cuda"
     reps = 5 if quick else 20
 
     ms = train_step_ms(device, size=256, batch=1, repeats=reps, channels_last=fast and uses_channels_last(device), amp=fast)
     results["train_step_ms_256_b1"] = round(ms, 2)
-    print(f"train step, 256x256, batch 1: {ms:.1f} ms (median of {reps})")
+    print(f"train step, 256x256, batch 1 (paper configuration): {ms:.1f} ms (median of {reps})", flush=True)
 
     from .trainer import TrainConfig
 
@@ -181,23 +256,35 @@ def run_bench(args) -> int:
     ips = batch / (ms_b / 1000)
     results["train_step_ms_interactive"] = round(ms_b, 2)
     results["train_images_per_s_interactive"] = round(ips, 1)
-    print(f"train step, interactive ({crop}x{crop} crops, batch {batch}): {ms_b:.1f} ms = {ips:.0f} images/s")
+    print(f"train step, interactive ({crop}x{crop} crops, batch {batch}): {ms_b:.1f} ms = {ips:.0f} images/s", flush=True)
 
     shape = (256, 256, 10, 25) if not quick else (256, 256, 10, 5)
-    s = predict_cine_s(device, shape=shape, repeats=1 if quick else 3)
-    if quick:
-        s *= 5
+    scale = 1 if not quick else 5
+    note = " (extrapolated from 5 frames)" if quick else ""
+    s = predict_cine_s(device, shape=shape, repeats=1 if quick else 3) * scale
     results["predict_cine_s"] = round(s, 2)
-    print(f"predict a 256x256x10x25 cine volume: {s:.2f} s{' (extrapolated from 5 frames)' if quick else ''}")
+    print(f"predict a 256x256x10x25 cine volume, every pixel: {s:.2f} s{note}", flush=True)
+    s_roi = predict_cine_s(device, shape=shape, repeats=1 if quick else 3, box_side=crop) * scale
+    results["predict_cine_roi_s"] = round(s_roi, 2)
+    print(f"predict it inside a {crop}x{crop} region of interest (what the trainer does): {s_roi:.2f} s{note}", flush=True)
 
     secs = 15.0 if quick else 60.0
-    q = time_to_quality(device, seconds=secs, threads=args.threads)
-    results.update({k: v for k, v in q.items()})
+    q = time_to_quality(device, seconds=secs, correction_seconds=5.0 if quick else 20.0, threads=args.threads)
+    results.update(q)
     results["quality_budget_s"] = secs
     t85 = q["time_to_dice_085_s"]
-    print(f"time to 3D Dice 0.85 on the demo phantom: {'not reached' if t85 is None else f'{t85:.1f} s'}")
-    print(f"3D Dice after {secs:.0f} s of training: {q['dice_at_60s']}")
-    print(f"peak memory (RSS): {q['peak_rss_mb']} MB")
+    print(f"time to 3D Dice 0.85 on the demo phantom: {'not reached' if t85 is None else f'{t85:.1f} s'}", flush=True)
+    print(f"3D Dice after {secs:.0f} s of training: {q['dice_at_60s']} ({q['images_per_s']:.0f} images/s)", flush=True)
+    print(f"after correcting the 2 worst slices {q['corrected_slices']} and {q['corrections_round_s']:.0f} s more: "
+          f"{q['dice_after_corrections']}", flush=True)
+    print(f"peak memory (RSS): {q['peak_rss_mb']} MB", flush=True)
+
+    steps = 40 if quick else 300
+    c = compare_with_whole_slices(device, steps=steps, threads=args.threads)
+    results["same_steps_comparison"] = c
+    for name, label in (("interactive", "interactive (crops, batch 8)"), ("whole_b1", "whole slices, batch 1")):
+        r = c[name]
+        print(f"{steps} steps, {label}: 3D Dice {r['dice']}, {r['seconds']} s, {r['images_per_s']} images/s", flush=True)
     if args.json:
         print(json.dumps(results))
     sys.stdout.flush()
@@ -207,7 +294,7 @@ def run_bench(args) -> int:
 def add_bench_parser(subparsers) -> None:
     p = subparsers.add_parser("bench", help="measure training and prediction speed on this machine")
     p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
-    p.add_argument("--quick", action="store_true", help="fewer repeats and a 15 s quality run")
+    p.add_argument("--quick", action="store_true", help="fewer repeats, a 15 s quality run, 40-step comparison")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func=run_bench)

@@ -187,7 +187,8 @@ def cmd_clicks(args) -> int:
         raise CLIError(f"label {args.label} does not occur in {args.gt}")
     seeds = click_seeds(
         mask, k=args.k, radius=args.radius, slices=args.slices, frames=args.frames,
-        rng=args.seed, background_k=args.background,
+        rng=args.seed, background_k=args.background, background_margin=args.background_margin,
+        background_within=args.background_within,
     )
     save_mask(out, seeds, vol)
     n_slices = int((seeds == 1).any(axis=(0, 1)).sum())
@@ -338,6 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slices", type=int, nargs="+", help="slice indices (default: all with the target)")
     p.add_argument("--frames", type=int, nargs="+", help="frame indices (default: all)")
     p.add_argument("--background", type=int, default=0, help="background dots per slice")
+    p.add_argument("--background-margin", type=int, default=3, metavar="PX",
+                   help="background dots lie more than PX from the target (default 3)")
+    p.add_argument("--background-within", type=float, metavar="PX",
+                   help="...and at most PX from it: on the tissue around the target, where a user clicks")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_clicks)
 

@@ -34,8 +34,37 @@ class DemoCase:
     clicked_frames: list[int]
 
 
-def make_demo_case(seed: int = 0, shape=None, k: int = 3, background_k: int = 0) -> DemoCase:
-    """The phantom of ``seed``, clicks on 3 slices of ED and ES, bounds from subject ``seed + 1``."""
+#: The simulated user: per clicked slice, target dots inside the cavity and
+#: background dots on the wall around it (2-8 px out), radius 1 px.
+TARGET_DOTS = 3
+BACKGROUND_DOTS = 2
+BACKGROUND_MARGIN = 2
+BACKGROUND_WITHIN = 8.0
+
+
+def demo_slices(target: np.ndarray, frames, n: int = 3) -> list[int]:
+    """``n`` slices spread over those where the target is present in every one of ``frames``.
+
+    ``target`` is bool (X, Y, Z, T); the ends are left out (a user clicks
+    where the target is clearly visible, not on the first or last slice).
+    """
+    Z = target.shape[2]
+    ok = [z for z in range(Z) if all(target[:, :, z, t].any() for t in frames)]
+    if len(ok) <= n:
+        return ok
+    picks = np.linspace(0, len(ok) - 1, n + 2)[1:-1].round().astype(int)
+    return sorted({ok[i] for i in picks})
+
+
+def make_demo_case(seed: int = 0, shape=None, k: int = TARGET_DOTS, background_k: int = BACKGROUND_DOTS,
+                   n_slices: int = 3) -> DemoCase:
+    """The phantom of ``seed``; clicks on ``n_slices`` slices of ED and ES; bounds from subject ``seed + 1``.
+
+    Per clicked slice: ``k`` target dots in the LV cavity and ``background_k``
+    background dots on the tissue 2-8 px around it (where a network without
+    them leaks), all of radius 1 px (the ``clicks`` strategy of
+    :func:`~napari_sizeloss.weak_labels.click_seeds`).
+    """
     from .bounds import bounds_from_annotation
     from .phantom import make_cine_phantom
     from .weak_labels import click_seeds
@@ -45,11 +74,12 @@ def make_demo_case(seed: int = 0, shape=None, k: int = 3, background_k: int = 0)
     other = make_cine_phantom(seed=seed + 1, **kwargs)
     bounds = bounds_from_annotation(other.labels, LV_CAVITY)
     target = ph.labels == LV_CAVITY
-    Z = target.shape[2]
-    slices = sorted({max(0, Z // 5), Z // 2, min(Z - 1, (4 * Z) // 5 - 1)})
-    slices = [z for z in slices if target[:, :, z, ph.ed_frame].any() and target[:, :, z, ph.es_frame].any()]
     frames = sorted({ph.ed_frame, ph.es_frame})
-    seeds = click_seeds(target, k=k, radius=1, slices=slices, frames=frames, rng=seed, background_k=background_k)
+    slices = demo_slices(target, frames, n_slices)
+    seeds = click_seeds(
+        target, k=k, radius=1, slices=slices, frames=frames, rng=seed, background_k=background_k,
+        background_margin=BACKGROUND_MARGIN, background_within=BACKGROUND_WITHIN if background_k else None,
+    )
     return DemoCase(ph.image, target, seeds, bounds, ph, slices, frames)
 
 
@@ -77,10 +107,13 @@ def run_demo(args) -> int:
 
     case = make_demo_case(seed=args.seed)
     X, Y, Z, T = case.image.shape
-    n_dots = int((case.seeds == 1).sum())
+    from .weak_labels import SEED_BACKGROUND, SEED_TARGET, dot_centres
+
+    n_target = len(dot_centres(case.seeds, SEED_TARGET))
+    n_background = len(dot_centres(case.seeds, SEED_BACKGROUND))
     print(
-        f"phantom seed {args.seed}: {X}x{Y} px, {Z} slices, {T} frames; "
-        f"dots on slices {case.clicked_slices} of frames {case.clicked_frames} ({n_dots} px labelled)"
+        f"phantom seed {args.seed}: {X}x{Y} px, {Z} slices, {T} frames; {n_target} target and "
+        f"{n_background} background dots on slices {case.clicked_slices} of frames {case.clicked_frames}"
     )
     print(f"bounds from subject {args.seed + 1} (paper recipe): {case.bounds.lower:.0f}-{case.bounds.upper:.0f} px per slice")
     runs = [("CE + size penalty", 1e-2)]

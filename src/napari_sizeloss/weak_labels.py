@@ -238,6 +238,37 @@ def click_seeds(
     return seeds.reshape(mask.shape)
 
 
+def dot_centres(seeds: np.ndarray, code: int = SEED_TARGET) -> np.ndarray:
+    """Centres of the dots of one seed ``code``, one row per dot.
+
+    A dot is a connected group of ``code`` pixels within one slice of one
+    frame (dots on neighbouring slices are counted apart).
+
+    Parameters
+    ----------
+    seeds : np.ndarray
+        Seed codes ``(X, Y, Z, T)``.
+    code : int
+        ``SEED_TARGET`` or ``SEED_BACKGROUND``.
+
+    Returns
+    -------
+    np.ndarray
+        int ``(n, 4)``: rounded ``(x, y, z, t)`` of each dot's centroid.
+    """
+    seeds = np.asarray(seeds)
+    if seeds.ndim != 4:
+        raise ValueError(f"expected seeds of shape (X, Y, Z, T); got shape {seeds.shape}")
+    rows = []
+    for z, t in zip(*np.nonzero((seeds == code).any(axis=(0, 1)))):
+        components, n = ndi.label(seeds[:, :, z, t] == code)
+        if n:
+            centres = np.asarray(ndi.center_of_mass(components > 0, components, range(1, n + 1)))
+            for cx, cy in np.round(centres).astype(int):
+                rows.append((cx, cy, int(z), int(t)))
+    return np.asarray(rows, dtype=int).reshape(-1, 4)
+
+
 # --------------------------------------------------------------- validation
 def validate_seeds(seeds: np.ndarray, image_shape: tuple[int, ...]) -> None:
     """Check user seeds against the image before training.

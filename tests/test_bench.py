@@ -1,0 +1,120 @@
+"""The fast paths compute what the plain fp32 paths compute; bench pieces do what they say.
+
+Speed itself is measured by ``napari-sizeloss bench``, never asserted here.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_sizeloss.bench import time_to_quality, worst_slices
+from napari_sizeloss.device import make_adam
+from napari_sizeloss.losses import partial_cross_entropy, size_penalty
+from napari_sizeloss.network import ENet
+from napari_sizeloss.trainer import predict_volume
+
+
+def _loss(model, x, y):
+    logits = model(x).float()
+    probs = torch.softmax(logits, 1)[:, 1:2]
+    return partial_cross_entropy(logits, y) + 1e-2 * size_penalty(probs, 50.0, 300.0).mean() / (32 * 32)
+
+
+def _batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(4, 1, 32, 32, generator=g)
+    y = torch.full((4, 32, 32), -1, dtype=torch.long)
+    y[:, 14:18, 14:18] = 1
+    y[:, :2, :] = 0
+    return x, y
+
+
+def test_fused_adam_follows_plain_adam():
+    """make_adam's fused update is Adam's arithmetic: same parameters after 20 steps."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(16, 1, 3, 3), (16,), (2, 16, 1, 1)]
+    start = [torch.randn(s, generator=g) for s in shapes]
+    goals = [torch.randn(s, generator=g) for s in shapes]
+    runs = []
+    for fused in (True, False):
+        params = [t.clone().requires_grad_() for t in start]
+        opt = make_adam(params, 5e-3, "cpu") if fused else torch.optim.Adam(params, lr=5e-3, foreach=False)
+        assert bool(opt.defaults.get("fused")) is fused
+        for _ in range(20):
+            opt.zero_grad()
+            sum(((p - q) ** 2 * (1 + q.abs())).sum() for p, q in zip(params, goals)).backward()
+            opt.step()
+        runs.append([p.detach().clone() for p in params])
+    moved = max(float((a - b).abs().max()) for a, b in zip(runs[1], start))
+    assert moved > 0.05  # the optimiser really moved the parameters
+    for a, b in zip(*runs):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_one_fused_training_step_of_enet_matches_the_plain_step():
+    torch.manual_seed(0)
+    fast, plain = ENet(), ENet()
+    plain.load_state_dict(fast.state_dict())
+    x, y = _batch(0)
+    for model, opt in ((fast, make_adam(fast.parameters(), 1e-3)), (plain, torch.optim.Adam(plain.parameters(), lr=1e-3))):
+        torch.manual_seed(1)  # same dropout masks
+        opt.zero_grad()
+        _loss(model, x, y).backward()
+        opt.step()
+    fast.eval(), plain.eval()
+    with torch.no_grad():
+        assert float(_loss(fast, x, y)) == pytest.approx(float(_loss(plain, x, y)), rel=1e-4)
+
+
+def test_batched_channels_last_prediction_matches_slice_by_slice_fp32():
+    torch.manual_seed(1)
+    model = ENet()
+    image = np.random.default_rng(0).random((40, 36, 3, 2), dtype=np.float32)
+    plain = np.stack(
+        [
+            np.stack(
+                [predict_volume(model, image[:, :, z, t], normalisation=None, amp=False) for t in range(2)], -1
+            )
+            for z in range(3)
+        ],
+        2,
+    )
+    fast = predict_volume(model, image, normalisation=None, batch_size=6, channels_last=True)
+    np.testing.assert_allclose(fast, plain, atol=1e-5)
+
+
+def test_mixed_precision_loss_and_prediction_stay_close_to_fp32():
+    """The autocast path (bf16 here; fp16/bf16 on CUDA) changes the numbers only slightly."""
+    torch.manual_seed(2)
+    model = ENet().eval()
+    x, y = _batch(3)
+    with torch.no_grad():
+        ref = _loss(model, x, y)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = _loss(model, x, y)
+    assert float(low) == pytest.approx(float(ref), rel=0.05)
+    image = np.random.default_rng(1).random((32, 32, 2), dtype=np.float32)
+    p32 = predict_volume(model, image, normalisation=None, amp=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        p16 = predict_volume(model, image, normalisation=None, amp=False)
+    assert np.abs(p16 - p32).max() < 0.05
+    assert ((p16 > 0.5) == (p32 > 0.5)).mean() > 0.99
+
+
+def test_worst_slices_are_those_with_the_lowest_dice():
+    target = np.zeros((10, 10, 3, 2), bool)
+    target[2:8, 2:8] = True
+    target[..., 2, 1] = False  # absent: never a candidate
+    pred = target.copy()
+    pred[2:5, 2:8, 1, 0] = False  # half missing
+    pred[2:3, 2:8, 0, 1] = False  # a sixth missing
+    assert worst_slices(pred, target, 2) == [(1, 0), (0, 1)]
+
+
+def test_time_to_quality_reports_a_corrections_round():
+    out = time_to_quality("cpu", seconds=1.0, correction_seconds=0.5, steps_between=2, threads=1)
+    assert len(out["corrected_slices"]) == 2
+    assert out["dice_curve"] and out["dice_curve_corrections"]
+    assert out["dice_curve_corrections"][0][0] >= out["dice_curve"][-1][0]  # the time axis continues
+    assert 0.0 <= out["dice_at_60s"] <= 1.0 and 0.0 <= out["dice_after_corrections"] <= 1.0
+    assert out["peak_rss_mb"] > 0
