@@ -190,3 +190,17 @@ def test_checkpoint_round_trip_and_continue(tmp_path):
     # continuing from the checkpoint starts from its weights
     resumed = TrainingSession(image, seeds, SizeBounds(60, 300), config=small_config(steps=1), checkpoint=path)
     np.testing.assert_allclose(resumed.probabilities(), session.probabilities(), atol=1e-5)
+
+
+def test_batch_one_still_trains_on_labelled_slices():
+    """With one slice per step, half the steps draw a slice with dots (labelled_fraction 0.5)."""
+    image, seeds, _ = disc_volume()
+    session = TrainingSession(image, seeds, SizeBounds(20, 300), config=small_config(batch_size=1, crop=None))
+    labelled = 0
+    for _ in range(200):
+        _, targets, _, _ = session._sample_batch()
+        labelled += int((targets >= 0).any())
+    Z, T = image.shape[2:]
+    share_of_labelled = len(session._labelled_slices) / (Z * T)
+    expected = 0.5 + 0.5 * share_of_labelled
+    assert abs(labelled / 200 - expected) < 0.12

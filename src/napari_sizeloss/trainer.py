@@ -77,6 +77,9 @@ class TrainConfig:
         ``minutes`` when ``steps`` is None.
     lr : Adam learning rate.
     lr_halve_every : halve the learning rate every this many epochs (None: never).
+    lr_decay : ``"cosine"`` decays the learning rate over each round's budget
+        (steps or minutes) to ``lr_floor`` x ``lr``; ``None`` keeps it.
+    lr_floor : the cosine decay's end, as a fraction of ``lr``.
     size_weight : weight of the size term (the paper's 1e-2).
     penalty : ``"quadratic"`` (paper eq. 3) or ``"log-barrier"``.
     barrier_t, barrier_growth : log-barrier ``t`` and its growth per epoch.
@@ -99,6 +102,8 @@ class TrainConfig:
     minutes: float | None = None
     lr: float = 5e-3
     lr_halve_every: int | None = None
+    lr_decay: str | None = "cosine"
+    lr_floor: float = 0.05
     size_weight: float = 1e-2
     penalty: str = "quadratic"
     barrier_t: float = 5.0
@@ -130,6 +135,8 @@ class TrainConfig:
             raise ValueError(f"size weight must be >= 0, got {self.size_weight}")
         if self.batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.lr_decay not in (None, "cosine"):
+            raise ValueError(f"unknown learning-rate decay {self.lr_decay!r}; choose cosine or None")
         if self.crop is not None and self.crop < 16:
             raise ValueError(f"crop must be at least 16 px, got {self.crop}")
 
@@ -147,7 +154,7 @@ class TrainConfig:
     def paper(cls, **overrides) -> "TrainConfig":
         """The paper's protocol: Adam, lr 5e-3 halved after 100 epochs,
         size weight 1e-2, batch 1, whole slices."""
-        base = dict(lr=5e-3, lr_halve_every=100, size_weight=1e-2, batch_size=1, crop=None)
+        base = dict(lr=5e-3, lr_halve_every=100, lr_decay=None, size_weight=1e-2, batch_size=1, crop=None)
         base.update(overrides)
         return cls(**base)
 
@@ -411,7 +418,12 @@ class TrainingSession:
     def _sample_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         cfg = self.config
         B = cfg.batch_size
-        n_lab = int(round(B * cfg.labelled_fraction)) if len(self._labelled_slices) else 0
+        n_lab = 0
+        if len(self._labelled_slices):
+            # B * fraction labelled slices on average; the fractional part is
+            # drawn, so batch 1 still sees a labelled slice every other step
+            expected = B * cfg.labelled_fraction
+            n_lab = int(expected) + int(self._rng.random() < expected - int(expected))
         picks = []
         if n_lab:
             picks.append(self._labelled_slices[self._rng.integers(len(self._labelled_slices), size=n_lab)])
@@ -456,11 +468,15 @@ class TrainingSession:
         size = self.config.size_weight * pen.mean()
         return ce + size, ce, size, sizes[:, 0]
 
-    def _current_lr(self) -> float:
+    def _current_lr(self, progress: float = 0.0) -> float:
+        """The learning rate at ``progress`` (0-1) through the current round's budget."""
         cfg = self.config
         lr = cfg.lr
         if cfg.lr_halve_every:
             lr *= 0.5 ** (self.epoch // cfg.lr_halve_every)
+        if cfg.lr_decay == "cosine":
+            p = min(max(progress, 0.0), 1.0)
+            lr *= cfg.lr_floor + (1.0 - cfg.lr_floor) * 0.5 * (1.0 + math.cos(math.pi * p))
         return lr
 
     def run(self) -> Iterator[ProgressEvent]:
@@ -487,7 +503,11 @@ class TrainingSession:
             if budget_s is not None and time.perf_counter() - start >= budget_s:
                 break
             self.epoch = self.total_steps_done // self.steps_per_epoch
-            lr = self._current_lr()
+            if cfg.steps is not None:
+                progress = step / cfg.steps
+            else:
+                progress = (time.perf_counter() - start) / budget_s
+            lr = self._current_lr(progress)
             for group in opt.param_groups:
                 group["lr"] = lr
             x, y, lower, upper = self._sample_batch()
