@@ -25,15 +25,7 @@ import time
 
 import numpy as np
 
-
-def wait_for(app, condition, timeout_s: float) -> bool:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        app.processEvents()
-        if condition():
-            return True
-        time.sleep(0.005)
-    return False
+from screenshot import wait_for  # scripts/ is on sys.path when a script runs
 
 
 class StallMeter:
@@ -44,6 +36,7 @@ class StallMeter:
 
         self.interval_ms = interval_ms
         self.gaps: list[float] = []
+        self.ends: list[float] = []
         self._last = None
         self.timer = QTimer()
         self.timer.setInterval(interval_ms)
@@ -53,12 +46,19 @@ class StallMeter:
         now = time.perf_counter()
         if self._last is not None:
             self.gaps.append((now - self._last) * 1000)
+            self.ends.append(now)
         self._last = now
 
     def start(self) -> None:
         self.gaps.clear()
+        self.ends.clear()
         self._last = None
         self.timer.start()
+
+    def longest(self, start: float = float("-inf"), end: float = float("inf")) -> float:
+        """The longest gap that ended in ``(start, end]`` (perf_counter seconds), in ms."""
+        inside = [g for g, e in zip(self.gaps, self.ends) if start < e <= end]
+        return max(inside) if inside else float("nan")
 
     def stop(self) -> None:
         self.timer.stop()
@@ -109,23 +109,42 @@ def main(argv: list[str] | None = None) -> int:
 
     meter = StallMeter()
 
-    def train_round(steps: int) -> tuple[float, float]:
+    on_progress = widget._on_progress
+    marks: dict[str, float] = {}
+
+    def timed_progress(event) -> None:
+        kind = getattr(event.kind, "value", event.kind)
+        marks.setdefault("first_step", time.perf_counter())
+        if kind == "done":
+            marks["done"] = time.perf_counter()
+        on_progress(event)
+
+    widget._on_progress = timed_progress  # the worker callbacks look it up on the instance
+
+    def train_round(steps: int) -> tuple[float, float, float]:
+        """Images/s of the round, the longest stall while steps ran, the longest at its start or end."""
         widget.settings.steps.setValue(steps)
         widget.session = None  # each round starts afresh, as the plain run below
+        marks.clear()
         meter.start()
         if not widget.train():
             raise SystemExit(f"error: training did not start: {widget.status.text()}")
         wait_for(app, lambda: widget.worker is None, timeout_s=1800)
+        wait_for(app, lambda: False, timeout_s=0.3)  # let the final repaint happen
         meter.stop()
-        return widget._last_round.get("images_per_s", 0.0), (max(meter.gaps) if meter.gaps else float("nan"))
+        first, done = marks.get("first_step", float("inf")), marks.get("done", float("inf"))
+        during = meter.longest(first, done)
+        edges = max(meter.longest(end=first), meter.longest(start=done))
+        return widget._last_round.get("images_per_s", 0.0), during, edges
 
     # the first press also makes the prediction layer (napari builds its visual): timed apart
-    _, first_press_stall = train_round(2)
-    gui_rates, stalls = [], []
+    _, _, first_press_stall = train_round(2)
+    gui_rates, stalls, edge_stalls = [], [], []
     for _ in range(args.repeats):
-        rate, stall = train_round(args.steps)
+        rate, stall, edge = train_round(args.steps)
         gui_rates.append(rate)
         stalls.append(stall)
+        edge_stalls.append(edge)
     request = widget._snapshot_request()
     viewer.close()
 
@@ -149,12 +168,14 @@ def main(argv: list[str] | None = None) -> int:
         "gui_over_cli": round(gui / cli, 3),
         "max_event_loop_stall_ms": round(statistics.median(stalls), 1),
         "max_event_loop_stall_ms_worst": round(max(stalls), 1),
+        "round_start_end_stall_ms": round(statistics.median(edge_stalls), 1),
         "first_train_press_stall_ms": round(first_press_stall, 1),
     }
     print(f"training in the widget's worker: {gui:.1f} images/s (median of {args.repeats} rounds of {args.steps} steps)")
     print(f"same training without a GUI:     {cli:.1f} images/s")
     print(f"GUI / no GUI: {gui / cli:.2f}")
-    print(f"longest event-loop stall during training: {result['max_event_loop_stall_ms']} ms (median over rounds; worst {result['max_event_loop_stall_ms_worst']} ms)")
+    print(f"longest event-loop stall while steps run: {result['max_event_loop_stall_ms']} ms (median over rounds; worst {result['max_event_loop_stall_ms_worst']} ms)")
+    print(f"longest stall at the start or end of a round (snapshot, whole-volume update): {result['round_start_end_stall_ms']} ms (median)")
     print(f"first Train press (napari creates the prediction layer): longest stall {first_press_stall:.0f} ms")
     if args.json:
         print(json.dumps(result))

@@ -101,20 +101,23 @@ def test_mixed_precision_loss_and_prediction_stay_close_to_fp32():
     assert ((p16 > 0.5) == (p32 > 0.5)).mean() > 0.99
 
 
-def test_worst_slices_are_those_with_the_lowest_dice():
+def test_worst_slices_are_those_with_the_most_wrong_pixels():
     target = np.zeros((10, 10, 3, 2), bool)
     target[2:8, 2:8] = True
-    target[..., 2, 1] = False  # absent: never a candidate
+    target[..., 2, 1] = False  # target absent here...
     pred = target.copy()
-    pred[2:5, 2:8, 1, 0] = False  # half missing
-    pred[2:3, 2:8, 0, 1] = False  # a sixth missing
-    assert worst_slices(pred, target, 2) == [(1, 0), (0, 1)]
+    pred[2:5, 2:8, 1, 0] = False  # 18 pixels missed
+    pred[2:3, 2:8, 0, 1] = False  # 6 missed
+    pred[0:5, 0:5, 2, 1] = True  # ...but a 25-pixel blob predicted: the worst
+    assert worst_slices(pred, target, 2) == [(2, 1), (1, 0)]
+    assert worst_slices(target, target, 2) == []  # nothing to correct
 
 
 def test_time_to_quality_reports_a_corrections_round():
-    out = time_to_quality("cpu", seconds=1.0, correction_seconds=0.5, steps_between=2, threads=1)
+    out = time_to_quality("cpu", steps=4, correction_steps=4, steps_between=2, threads=1)
     assert len(out["corrected_slices"]) == 2
     assert out["dice_curve"] and out["dice_curve_corrections"]
     assert out["dice_curve_corrections"][0][0] >= out["dice_curve"][-1][0]  # the time axis continues
+    assert len(out["dice_curve"]) >= 2  # scored at steps 2 and 4
     assert 0.0 <= out["dice_at_60s"] <= 1.0 and 0.0 <= out["dice_after_corrections"] <= 1.0
     assert out["peak_rss_mb"] > 0

@@ -176,8 +176,9 @@ class LossPlot(QWidget):
             painter.drawLine(QPointF(x, plot.bottom()), QPointF(x, plot.bottom() + 3))
             painter.setPen(text_pen)
             painter.drawText(QRectF(x - 30, plot.bottom() + 3, 60, text_h), int(Qt.AlignmentFlag.AlignHCenter), str(step))
-        painter.drawText(QRectF(plot.left(), plot.bottom() + 3, plot.width(), text_h),
-                         int(Qt.AlignmentFlag.AlignRight), "step ")
+        # the axis name sits under the y tick labels, clear of the step numbers
+        painter.drawText(QRectF(0, plot.bottom() + 3, plot.left() - 8, text_h),
+                         int(Qt.AlignmentFlag.AlignRight), "step")
 
         dashed = QPen(QColor(AXIS_COLOUR), 1, Qt.PenStyle.DashLine)
         painter.setPen(dashed)
