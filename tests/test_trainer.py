@@ -204,3 +204,18 @@ def test_batch_one_still_trains_on_labelled_slices():
     share_of_labelled = len(session._labelled_slices) / (Z * T)
     expected = 0.5 + 0.5 * share_of_labelled
     assert abs(labelled / 200 - expected) < 0.12
+
+
+def test_learning_rate_decays_over_a_round_and_a_resumed_round_starts_lower(tmp_path):
+    image, seeds, _ = disc_volume()
+    session = TrainingSession(image, seeds, SizeBounds(20, 300), config=small_config(steps=10, lr=4e-3))
+    first = [e.lr for e in session.run() if e.kind is EventKind.STEP]
+    assert first[0] == pytest.approx(4e-3, rel=0.05)  # cosine starts at lr...
+    assert first[-1] < 0.2 * 4e-3 and all(a >= b for a, b in zip(first, first[1:]))  # ...and decays
+    second = [e.lr for e in session.run() if e.kind is EventKind.STEP]
+    assert second[0] == pytest.approx(0.5 * 4e-3, rel=0.05)  # continuing trained weights: half
+    path = session.save(tmp_path / "m.ckpt")
+    resumed = TrainingSession(image, seeds, SizeBounds(20, 300), config=small_config(steps=2, lr=4e-3), checkpoint=path)
+    assert next(resumed.run()).lr == pytest.approx(0.5 * 4e-3, rel=0.05)
+    paper = TrainConfig.paper(steps=5, device="cpu", preview_every=0)
+    assert paper.lr_decay is None and paper.resume_lr_factor == 1.0
