@@ -25,7 +25,29 @@ import time
 
 import numpy as np
 
-from screenshot import wait_for  # scripts/ is on sys.path when a script runs
+
+def run_until(condition, timeout_s: float) -> bool:
+    """Run a real Qt event loop (as napari's) until ``condition()`` holds or the timeout.
+
+    The loop sleeps in Qt waiting for events, as an application does; the
+    condition is checked every 50 ms.
+    """
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    loop = QEventLoop()
+    end = time.monotonic() + timeout_s
+
+    def check() -> None:
+        if condition() or time.monotonic() > end:
+            loop.quit()
+
+    poll = QTimer()
+    poll.setInterval(50)
+    poll.timeout.connect(check)
+    poll.start()
+    loop.exec()
+    poll.stop()
+    return bool(condition())
 
 
 class StallMeter:
@@ -74,7 +96,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import napari
     import torch
-    from qtpy.QtWidgets import QApplication
 
     from napari_sizeloss.bounds import SizeBounds
     from napari_sizeloss.demo import make_demo_case
@@ -89,7 +110,6 @@ def main(argv: list[str] | None = None) -> int:
         np.transpose(case.image, (3, 2, 1, 0)), name="cine", scale=(1.0, ph.spacing[2], ph.spacing[1], ph.spacing[0])
     )
     _, widget = viewer.window.add_plugin_dock_widget("napari-sizeloss", "Size-constrained segmentation")
-    app = QApplication.instance()
     widget.go_to_slice(case.clicked_slices[0], case.clicked_frames[0])
 
     # the demo's dots (discs of radius 1), one click each at the disc's centre,
@@ -129,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         meter.start()
         if not widget.train():
             raise SystemExit(f"error: training did not start: {widget.status.text()}")
-        wait_for(app, lambda: widget.worker is None, timeout_s=1800)
-        wait_for(app, lambda: False, timeout_s=0.3)  # let the final repaint happen
+        run_until(lambda: widget.worker is None, timeout_s=1800)
+        run_until(lambda: False, timeout_s=0.3)  # let the final repaint happen
         meter.stop()
         first, done = marks.get("first_step", float("inf")), marks.get("done", float("inf"))
         during = meter.longest(first, done)

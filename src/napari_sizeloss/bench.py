@@ -185,7 +185,8 @@ def time_to_quality(device, *, steps=None, correction_steps=100, steps_between=2
         curve.append((round(spent, 2), round(_score(session, case.target), 4)))
     first_085 = next((t for t, d in curve if d >= 0.85), None)
     in_time = [d for t, d in curve if t <= deadline_s]
-    rate = session.history[-1].images_per_s if session.history else None
+    # training images per second of training time (the session's own clock also runs while we score)
+    rate = first_round_steps * config.batch_size / spent if spent > 0 else None
 
     worst = worst_slices(session.predict(), case.target, 2)
     corrected = np.zeros(case.image.shape[2:], dtype=bool)

@@ -85,7 +85,7 @@ def test_train_preview_stop_correct_export(make_napari_viewer, qtbot, nifti_phan
     assert prediction.data.shape == image.data.shape
     np.testing.assert_allclose(prediction.scale, image.scale)
     qtbot.waitUntil(lambda: len(widget.loss_plot.steps) >= 3, timeout=TRAIN_TIMEOUT_MS)
-    assert "ETA" in widget.progress.format()
+    qtbot.waitUntil(lambda: "ETA" in widget.progress.format(), timeout=TRAIN_TIMEOUT_MS)
     assert all(np.isfinite(widget.loss_plot.ce)) and all(v >= 0 for v in widget.loss_plot.size)
 
     # --- stop mid-run: training ends within a step, then the whole volume is predicted

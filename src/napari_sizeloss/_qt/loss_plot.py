@@ -1,7 +1,8 @@
 """A live plot of the two loss terms: partial cross-entropy and the weighted size penalty.
 
 Points are appended per training step; the widget repaints at most every
-``REDRAW_MS``. It is drawn with QPainter, not matplotlib: a matplotlib redraw
+``REDRAW_MS`` (each repaint recomposites napari's OpenGL window, which is
+not free on a small machine). It is drawn with QPainter, not matplotlib: a matplotlib redraw
 (layout, tick formatting, Agg rasterising) took 100-250 ms of the GUI thread
 on 2 busy cores and froze the window during training
 (``xvfb-run -a python scripts/gui_bench.py``); this one paints in about a
@@ -18,7 +19,7 @@ from qtpy.QtCore import QPointF, QRectF, Qt, QTimer
 from qtpy.QtGui import QColor, QFont, QPainter, QPainterPath, QPen
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
-REDRAW_MS = 300
+REDRAW_MS = 1000
 #: Values are clipped to this floor on the log axis (a size term of exactly 0).
 LOG_FLOOR = 1e-6
 #: The y axis spans at most this ratio (zeros of the size term sit on the bottom edge).

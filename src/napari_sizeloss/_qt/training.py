@@ -19,6 +19,9 @@ from .jobs import SessionReady, TrainRequest, VolumePrediction, training_job
 from .layers import ROLE_PREDICTION, SeedsShapeError, VolumeError, find_companion, geometry_of, make_prediction_layer
 from .prediction import PredictionTracker
 
+#: Shortest interval between progress-bar redraws while training (ms).
+PROGRESS_MS = 500
+
 
 def format_seconds(seconds: float | None) -> str:
     """``m:ss`` (``"?"`` when unknown)."""
@@ -150,6 +153,7 @@ class TrainingMixin:
     def _on_progress(self, event) -> None:
         kind = getattr(event.kind, "value", event.kind)
         if kind == "done":
+            self._pending_progress = None
             steps = event.step
             self._last_round.update(steps=steps, images_per_s=event.images_per_s, elapsed_s=event.elapsed_s)
             verb = "stopped" if event.stopped else "done"
@@ -158,6 +162,26 @@ class TrainingMixin:
                 f"{verb}: {steps} steps in {format_seconds(event.elapsed_s)} · {event.images_per_s:.1f} img/s · predicting volume…"
             )
             return
+        # The bar is redrawn at most every PROGRESS_MS: QProgressBar repaints
+        # synchronously on each new value, and in a window holding napari's
+        # OpenGL canvas every repaint recomposites the whole window, which
+        # costs the training thread CPU on a small machine (with software GL
+        # under Xvfb on 2 cores, most of the GUI thread's time during
+        # training is this composition; scripts/gui_bench.py).
+        self._pending_progress = event
+        if not self._progress_timer.isActive():
+            self._progress_timer.start()
+        self.loss_plot.append(event.ce, event.size)
+        if event.preview is not None and self.tracker is not None:
+            preview = event.preview
+            if self.tracker.write_slice(preview.z, preview.t, preview.mask, protected=self.supervision.corrected):
+                self._show_current_area()
+
+    def _show_progress(self) -> None:
+        """Show the latest step event on the progress bar (timer slot)."""
+        event, self._pending_progress = self._pending_progress, None
+        if event is None or self._closed or self.job != "train":
+            return
         fraction = event.fraction
         if fraction is not None:
             self.progress.setValue(int(round(fraction * self.progress.maximum())))
@@ -165,11 +189,6 @@ class TrainingMixin:
         self.progress.setFormat(
             f"step {event.step}{total} · {event.images_per_s:.1f} img/s · ETA {format_seconds(event.eta_s)}"
         )
-        self.loss_plot.append(event.ce, event.size)
-        if event.preview is not None and self.tracker is not None:
-            preview = event.preview
-            if self.tracker.write_slice(preview.z, preview.t, preview.mask, protected=self.supervision.corrected):
-                self._show_current_area()
 
     def _apply_volume(self, prediction: VolumePrediction) -> None:
         if self.geometry is None:

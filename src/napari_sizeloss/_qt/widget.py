@@ -55,7 +55,7 @@ from .settings import AdvancedSettings
 from .size_table import SizeTable, slice_bounds_in_force
 from .supervision import Supervision
 from .tags import TagsPanel
-from .training import TrainingMixin
+from .training import PROGRESS_MS, TrainingMixin
 
 REFRESH_DELAY_MS = 150
 LEVEL_COLORS = {"info": "#bdbdbd", "warning": "#ffb300", "error": "#f44336", "success": "#4caf50"}
@@ -234,6 +234,11 @@ class SizeLossWidget(AnnotationMixin, TrainingMixin, ModelIOMixin, AutosaveMixin
         # wide enough for every row: the dock takes this width, the panels never scroll sideways
         self.setMinimumWidth(max(470, content.minimumSizeHint().width() + 30))
 
+        self._pending_progress = None
+        self._progress_timer = QTimer(self)
+        self._progress_timer.setSingleShot(True)
+        self._progress_timer.setInterval(PROGRESS_MS)
+        self._progress_timer.timeout.connect(self._show_progress)
         self._autosave_timer = QTimer(self)
         self._autosave_timer.setSingleShot(True)
         self._autosave_timer.setInterval(autosave.AUTOSAVE_DELAY_MS)
