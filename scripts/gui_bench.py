@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from napari_sizeloss.bounds import SizeBounds
+    from napari_sizeloss.compute_thread import call
     from napari_sizeloss.demo import make_demo_case
     from napari_sizeloss.trainer import TrainingSession
     from napari_sizeloss.weak_labels import dot_centres
@@ -157,26 +158,33 @@ def main(argv: list[str] | None = None) -> int:
         edges = max(meter.longest(end=first), meter.longest(start=done))
         return widget._last_round.get("images_per_s", 0.0), during, edges
 
+    def plain_round(steps: int) -> float:
+        """Images/s of the same request trained by a plain session, as ``napari-sizeloss train``.
+
+        It runs on the compute thread the widget uses (one torch thread team,
+        as in the CLI's single thread); the viewer stays open but its event
+        loop waits meanwhile, so nothing is drawn.
+        """
+        request = widget._snapshot_request()
+        config = build_config({**request.config, "steps": steps})
+        session = TrainingSession(
+            request.image, request.seeds, SizeBounds(request.lower, request.upper, unit=request.unit),
+            spacing=request.spacing, absent=request.absent, config=config,
+        )
+        events = call(lambda: list(session.run()))
+        return events[-1].images_per_s
+
     # the first press also makes the prediction layer (napari builds its visual): timed apart
     _, _, first_press_stall = train_round(2)
-    gui_rates, stalls, edge_stalls = [], [], []
+    # GUI and plain rounds alternate, so drift in the machine's speed hits both alike
+    gui_rates, cli_rates, stalls, edge_stalls = [], [], [], []
     for _ in range(args.repeats):
         rate, stall, edge = train_round(args.steps)
         gui_rates.append(rate)
         stalls.append(stall)
         edge_stalls.append(edge)
-    request = widget._snapshot_request()
+        cli_rates.append(plain_round(args.steps))
     viewer.close()
-
-    cli_rates = []
-    for _ in range(args.repeats):
-        session = TrainingSession(
-            request.image, request.seeds, SizeBounds(request.lower, request.upper, unit=request.unit),
-            spacing=request.spacing, absent=request.absent, config=build_config(request.config),
-        )
-        for event in session.run():
-            pass
-        cli_rates.append(event.images_per_s)
 
     gui, cli = statistics.median(gui_rates), statistics.median(cli_rates)
     result = {

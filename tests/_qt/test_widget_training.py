@@ -145,7 +145,28 @@ def test_train_preview_stop_correct_export(make_napari_viewer, qtbot, nifti_phan
     assert (image_path.parent / "cine.sizeloss.npz").exists()
 
 
-def test_save_load_model_and_predict_another_volume(viewer, widget, qtbot, tmp_path, small_phantom):
+def test_save_load_model_and_predict_another_volume(viewer, widget, qtbot, tmp_path, small_phantom, monkeypatch):
+    import threading
+
+    from napari_sizeloss.compute_thread import compute_thread_ident
+    from napari_sizeloss.network import ENet
+    from napari_sizeloss.trainer import TrainingSession
+
+    # every network pass and the checkpoint write run on the one compute thread
+    threads = {"forward": set(), "save": set()}
+    forward, save = ENet.forward, TrainingSession.save
+
+    def recording_forward(self, x):
+        threads["forward"].add(threading.get_ident())
+        return forward(self, x)
+
+    def recording_save(self, *args, **kwargs):
+        threads["save"].add(threading.get_ident())
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(ENet, "forward", recording_forward)
+    monkeypatch.setattr(TrainingSession, "save", recording_save)
+
     gt = viewer.layers["cine phantom ground truth"]
     configure(widget, steps=2)
     add_dots(viewer, widget, gt)
@@ -169,6 +190,8 @@ def test_save_load_model_and_predict_another_volume(viewer, widget, qtbot, tmp_p
     assert prediction.data.shape == layer.data.shape
     assert set(np.unique(prediction.data)) <= {0, 1}
     assert widget.tracker.has_prediction
+    assert threads["forward"] == threads["save"] == {compute_thread_ident()}
+    assert threading.get_ident() not in threads["forward"]
 
 
 def test_checkpoint_for_another_number_of_classes_is_refused(widget, qtbot, tmp_path):

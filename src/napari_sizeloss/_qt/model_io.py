@@ -37,7 +37,10 @@ class ModelIOMixin:
 
         image = self.geometry.to_core(np.asarray(self.image_layer.data))
         same = self.session is not None and self.session_image == self.geometry.name
+        from ..compute_thread import call
+
         worker = create_worker(
+            call,
             predict_job,
             image,
             session=self.session,
@@ -76,7 +79,9 @@ class ModelIOMixin:
             if not path:
                 return None
         try:
-            written = self.session.save(path)
+            from ..compute_thread import call
+
+            written = call(self.session.save, path)  # torch work stays on the compute thread
         except (ValueError, OSError) as exc:
             self._message(f"cannot save the model to {path}: {exc}", "error")
             return None
@@ -99,7 +104,9 @@ class ModelIOMixin:
         def job():
             return {"kind": "checkpoint", "path": str(path), "metadata": check_checkpoint(str(path))}
 
-        self._run(create_worker(job, _start_thread=False, _ignore_errors=True), "load")
+        from ..compute_thread import call
+
+        self._run(create_worker(call, job, _start_thread=False, _ignore_errors=True), "load")
         return True
 
     def _on_model_loaded(self, item: dict) -> None:

@@ -79,12 +79,16 @@ class TrainingMixin:
             return False
         from napari.qt.threading import create_worker
 
+        from ..compute_thread import run_generator
+
         session = self.session
         if session is not None and self.session_image != self.geometry.name:
             # The model was trained on another image: a new session starts from its weights.
-            worker = create_worker(self._carry_job(request, session), _start_thread=False, _ignore_errors=True)
+            job = self._carry_job(request, session)()
         else:
-            worker = create_worker(training_job, request, session=session, _start_thread=False, _ignore_errors=True)
+            job = training_job(request, session=session)
+        # the job's body runs on the one compute thread (see napari_sizeloss.compute_thread)
+        worker = create_worker(run_generator, job, _start_thread=False, _ignore_errors=True)
         self._stop_requested = False
         self._last_round = {"started": time.perf_counter(), "steps": 0, "images_per_s": 0.0}
         self._ensure_prediction_layer()
