@@ -234,7 +234,8 @@ def test_worker_error_is_a_notification_and_the_widget_recovers(viewer, widget, 
     assert widget.train_button.isEnabled() and widget.job is None
 
 
-def test_closing_the_widget_stops_training(viewer, qtbot):
+def start_endless_training(viewer, qtbot):
+    """Open the widget, click one slice's dots and start a 100 000-step round; returns (widget, session, finished)."""
     widget = open_widget(viewer)
     gt = viewer.layers["cine phantom ground truth"]
     configure(widget, steps=100_000)
@@ -242,9 +243,13 @@ def test_closing_the_widget_stops_training(viewer, qtbot):
     set_bounds_from_truth(widget, gt)
     widget.train()
     qtbot.waitUntil(lambda: len(widget.loss_plot.steps) >= 1, timeout=TRAIN_TIMEOUT_MS)
-    worker, session = widget.worker, widget.session
     finished = []
-    worker.finished.connect(lambda: finished.append(True))
+    widget.worker.finished.connect(lambda: finished.append(True))
+    return widget, widget.session, finished
+
+
+def test_closing_the_widget_stops_training(viewer, qtbot):
+    widget, session, finished = start_endless_training(viewer, qtbot)
     viewer.window.remove_dock_widget(widget)  # what the dock's close button does
     qtbot.waitUntil(lambda: bool(finished), timeout=TRAIN_TIMEOUT_MS)
     assert session.stopping
@@ -254,16 +259,7 @@ def test_closing_the_widget_stops_training(viewer, qtbot):
 def test_closing_the_viewer_stops_training(make_napari_viewer, small_phantom, qtbot):
     viewer = make_napari_viewer()
     add_layers(viewer, small_phantom)
-    widget = open_widget(viewer)
-    gt = viewer.layers["cine phantom ground truth"]
-    configure(widget, steps=100_000)
-    add_dots(viewer, widget, gt, slices=((1, 0),))
-    set_bounds_from_truth(widget, gt)
-    widget.train()
-    qtbot.waitUntil(lambda: len(widget.loss_plot.steps) >= 1, timeout=TRAIN_TIMEOUT_MS)
-    worker, session = widget.worker, widget.session
-    finished = []
-    worker.finished.connect(lambda: finished.append(True))
+    _, session, finished = start_endless_training(viewer, qtbot)
     viewer.close()
     qtbot.waitUntil(lambda: bool(finished), timeout=TRAIN_TIMEOUT_MS)
     assert session.total_steps_done < 100_000
