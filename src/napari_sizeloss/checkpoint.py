@@ -31,7 +31,6 @@ import numbers
 import os
 import pickle
 import re
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._atomic import publish_atomically
 from .network import ENet
 
 __all__ = [
@@ -220,7 +220,6 @@ def save_checkpoint(
         cannot be stored safely, or writing fails.
     """
     path = Path(path)
-    name = str(path)
     model = getattr(model, "_orig_mod", model)  # a torch.compile'd model: store the plain one
     config = getattr(model, "config", None)
     if not isinstance(config, dict):
@@ -259,33 +258,22 @@ def _check_destination(path: Path) -> None:
 
 def _atomic_torch_save(payload: dict, path: Path) -> None:
     name = str(path)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    created = False
-    try:
-        # O_EXCL: never clobber another file; 0o666 so that the umask applies as for any new file.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        created = True
-        with os.fdopen(fd, "wb") as fobj:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fobj:
             torch.save(payload, fobj)
-            fobj.flush()
-            os.fsync(fobj.fileno())
         _read(tmp, "cpu", name)  # never publish a file that load_checkpoint would refuse
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if created:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-        if isinstance(exc, CheckpointError):
-            raise
-        if isinstance(exc, PermissionError):
-            raise CheckpointError(f"cannot save checkpoint {name}: permission denied") from exc
-        if isinstance(exc, OSError):
-            raise CheckpointError(f"cannot save checkpoint {name}: {exc.strerror or _one_line(str(exc))}") from exc
-        if isinstance(exc, (pickle.PicklingError, RuntimeError)):
-            raise CheckpointError(f"cannot save checkpoint {name}: {_one_line(str(exc))}") from exc
+
+    try:
+        publish_atomically(path, write)
+    except CheckpointError:
         raise
+    except PermissionError as exc:
+        raise CheckpointError(f"cannot save checkpoint {name}: permission denied") from exc
+    except OSError as exc:
+        raise CheckpointError(f"cannot save checkpoint {name}: {exc.strerror or _one_line(str(exc))}") from exc
+    except (pickle.PicklingError, RuntimeError) as exc:
+        raise CheckpointError(f"cannot save checkpoint {name}: {_one_line(str(exc))}") from exc
 
 
 # ---------------------------------------------------------------- loading

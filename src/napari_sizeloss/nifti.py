@@ -27,7 +27,6 @@ the destination directory, then :func:`os.replace`.
 from __future__ import annotations
 
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, Union
@@ -36,6 +35,8 @@ import nibabel as nib
 import numpy as np
 from nibabel.nifti1 import Nifti1Header
 from nibabel.nifti2 import Nifti2Header
+
+from ._atomic import publish_atomically
 
 __all__ = [
     "NiftiError",
@@ -416,30 +417,16 @@ def atomic_save(img: NiftiImage, path: PathLike, *, overwrite: bool = True) -> P
         raise TypeError(f"expected a nibabel Nifti1Image or Nifti2Image, not {type(img).__name__}")
     _check_writable(path, overwrite=overwrite)
     suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else ".nii"
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp{suffix}"
-    created = False
     try:
-        # O_EXCL: never clobber; mode 0o666 so the umask applies as for any file.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        created = True
-        os.close(fd)
-        nib.save(img, str(tmp))
-        with open(tmp, "rb+") as fobj:
-            os.fsync(fobj.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if created:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-        if isinstance(exc, PermissionError):
-            raise NiftiError(f"cannot write {name}: permission denied") from exc
-        if isinstance(exc, OSError):
-            raise NiftiError(f"cannot write {name}: {exc.strerror or _one_line(exc)}") from exc
-        if isinstance(exc, Exception) and not isinstance(exc, (NiftiError, TypeError)):
-            raise NiftiError(f"cannot write {name}: {_one_line(exc)}") from exc
+        publish_atomically(path, lambda tmp: nib.save(img, str(tmp)), suffix=suffix)
+    except PermissionError as exc:
+        raise NiftiError(f"cannot write {name}: permission denied") from exc
+    except OSError as exc:
+        raise NiftiError(f"cannot write {name}: {exc.strerror or _one_line(exc)}") from exc
+    except (NiftiError, TypeError):
         raise
+    except Exception as exc:
+        raise NiftiError(f"cannot write {name}: {_one_line(exc)}") from exc
     return path
 
 

@@ -21,13 +21,14 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from .._atomic import publish_atomically
 
 DATA_DIR_ENV = "NAPARI_SIZELOSS_DATA_DIR"
 SUFFIX = ".sizeloss.npz"
@@ -177,9 +178,8 @@ def save_work(path: Path, work: SavedWork) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lower, upper, unit = work.bounds if work.bounds is not None else (np.nan, np.nan, "")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npz", dir=path.parent)
-    os.close(fd)
-    try:
+
+    def write(tmp: Path) -> None:
         np.savez_compressed(
             tmp,
             version=np.int64(FORMAT_VERSION),
@@ -193,13 +193,8 @@ def save_work(path: Path, work: SavedWork) -> Path:
             unit=np.str_(unit),
             saved_at=np.float64(work.saved_at),
         )
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+
+    publish_atomically(path, write, suffix=".npz")  # the suffix keeps numpy from appending one
     return path
 
 
