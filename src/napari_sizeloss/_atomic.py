@@ -1,6 +1,7 @@
 """Write a file so that readers see the old one or the new one, never a torn one.
 
-Shared by the NIfTI writer and the checkpoint writer. Qt-free, torch-free.
+Shared by the NIfTI writer, the checkpoint writer and the widget's autosave.
+Qt-free, torch-free.
 """
 
 from __future__ import annotations

@@ -6,12 +6,12 @@ its own team alive, and once the teams together hold more threads than the
 machine has cores, libgomp stops spin-waiting between parallel regions and
 puts its threads to sleep after each one. ENet runs about a hundred small
 operators per step, so every step then pays for hundreds of thread wake-ups:
-on 2 cores, training in a second thread after another thread had used torch
-ran at 33 images/s instead of 70 (``python scripts/gui_bench.py`` and the
-experiment in ``docs/benchmarks.md``). napari's thread workers come from a
-pool whose threads change from job to job, so the widget's training,
-prediction and model loading are all handed to this single thread, which
-keeps one team for the life of the process.
+on 2 cores, training in a second thread after the main thread had used
+torch ran at 29 images/s against 72 on the main thread alone and 64 on this
+thread alone (``python scripts/thread_bench.py``). napari's thread workers
+come from a pool whose threads change from job to job, so the widget's
+training, previews, prediction and model loading and saving are all handed
+to this single thread, which keeps one team for the life of the process.
 
 Qt-free: :func:`run_generator` and :func:`call` are used inside napari thread
 workers, which then only wait on this thread.

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from qtpy.QtWidgets import QFileDialog
 
+from ..compute_thread import call
 from . import autosave
 from .jobs import check_checkpoint, predict_job
 from .layers import VolumeError, geometry_of
@@ -37,8 +38,6 @@ class ModelIOMixin:
 
         image = self.geometry.to_core(np.asarray(self.image_layer.data))
         same = self.session is not None and self.session_image == self.geometry.name
-        from ..compute_thread import call
-
         worker = create_worker(
             call,
             predict_job,
@@ -79,8 +78,6 @@ class ModelIOMixin:
             if not path:
                 return None
         try:
-            from ..compute_thread import call
-
             written = call(self.session.save, path)  # torch work stays on the compute thread
         except (ValueError, OSError) as exc:
             self._message(f"cannot save the model to {path}: {exc}", "error")
@@ -103,8 +100,6 @@ class ModelIOMixin:
 
         def job():
             return {"kind": "checkpoint", "path": str(path), "metadata": check_checkpoint(str(path))}
-
-        from ..compute_thread import call
 
         self._run(create_worker(call, job, _start_thread=False, _ignore_errors=True), "load")
         return True

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..compute_thread import run_generator
 from .jobs import SessionReady, TrainRequest, VolumePrediction, training_job
 from .layers import ROLE_PREDICTION, SeedsShapeError, VolumeError, find_companion, geometry_of, make_prediction_layer
 from .prediction import PredictionTracker
@@ -78,8 +79,6 @@ class TrainingMixin:
             self._message(str(exc), "error")
             return False
         from napari.qt.threading import create_worker
-
-        from ..compute_thread import run_generator
 
         session = self.session
         if session is not None and self.session_image != self.geometry.name:
