@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_sizeloss.network import STRIDE, ENet, count_parameters
+from napari_sizeloss.network import STRIDE, ENet, PReLU, _PReLUFunction, count_parameters
 
 
 def _eval_model(**kwargs) -> ENet:
@@ -280,3 +280,58 @@ def test_bfloat16_autocast_on_cpu_matches_float32():
         logits = model(x)
     F.cross_entropy(logits.float(), torch.randint(0, 2, (2, 45, 51))).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("num_parameters", [1, 5])
+def test_prelu_gradients_are_torchs_including_at_zero(num_parameters):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 4, 6, generator=g, dtype=torch.float64)
+    x[0, :, 0, :3] = 0.0  # exactly zero: torch's PReLU takes the slope there
+    upstream = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    ours, theirs = PReLU(num_parameters).double(), nn.PReLU(num_parameters).double()
+    with torch.no_grad():
+        w = torch.linspace(-0.7, 1.3, num_parameters, dtype=torch.float64)  # negative and > 1 slopes too
+        ours.weight.copy_(w)
+        theirs.weight.copy_(w)
+    grads = []
+    for module in (ours, theirs):
+        xi = x.clone().requires_grad_()
+        out = module(xi)
+        out.backward(upstream)
+        grads.append((out.detach(), xi.grad, module.weight.grad))
+    assert ours(x.clone().requires_grad_()).grad_fn.name() == "_PReLUFunctionBackward"  # the fast path ran
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # away from the kink at 0, the analytic gradients are the numerical ones
+    xc = (torch.rand(2, num_parameters, 3, 3, generator=g, dtype=torch.float64) + 0.1) * torch.sign(
+        torch.randn(2, num_parameters, 3, 3, generator=g, dtype=torch.float64))
+    wc = w.clone().requires_grad_()
+    assert torch.autograd.gradcheck(_PReLUFunction.apply, (xc.requires_grad_(), wc))
+
+
+def test_enet_training_step_with_fast_prelu_matches_torchs_prelu():
+    torch.manual_seed(0)
+    ours = ENet()
+    theirs = ENet()
+    theirs.load_state_dict(ours.state_dict())
+
+    def to_torch_prelu(module):
+        for name, child in module.named_children():
+            if isinstance(child, PReLU):
+                plain = nn.PReLU(child.num_parameters)
+                plain.weight.data.copy_(child.weight.data)
+                setattr(module, name, plain)
+            else:
+                to_torch_prelu(child)
+
+    to_torch_prelu(theirs)
+    assert not any(isinstance(m, PReLU) for m in theirs.modules())
+    x = torch.rand(2, 1, 40, 40)
+    y = torch.randint(0, 2, (2, 40, 40))
+    for model in (ours, theirs):
+        torch.manual_seed(1)  # same dropout masks
+        F.cross_entropy(model(x), y).backward()
+    for (name, p), q in zip(ours.named_parameters(), theirs.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+    prelu_grads = [m.weight.grad for m in ours.modules() if isinstance(m, PReLU)]
+    assert len(prelu_grads) == 109 and all(float(g.abs().max()) > 0 for g in prelu_grads)

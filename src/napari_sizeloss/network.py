@@ -36,8 +36,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
-__all__ = ["ENet", "count_parameters", "STRIDE", "MIN_PADDED_SIDE", "BOTTLENECK_RATIO"]
+__all__ = ["ENet", "PReLU", "count_parameters", "STRIDE", "MIN_PADDED_SIDE", "BOTTLENECK_RATIO"]
 
 #: Total downsampling factor: input sides are padded to a multiple of this.
 STRIDE = 8
@@ -67,9 +68,54 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
+class _PReLUFunction(torch.autograd.Function):
+    """``torch.prelu`` with a backward pass built from fast elementwise kernels.
+
+    torch 2.13's CPU kernel for PReLU's backward costs about 0.7 ms for a
+    64 x 64 x 64 activation, 30 times its forward; ENet runs 109 PReLUs
+    per step, so on 2 cores it was a quarter of a 256 x 256 training step.
+    The same two gradients from a ReLU mask, a subtraction, a fused
+    multiply-add and a reduction take about 0.1 ms (``scripts/prelu_bench.py``).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        return torch.prelu(x, weight)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        channel_wise = weight.numel() > 1
+        slope = weight.view(1, -1, *([1] * (x.dim() - 2))) if channel_wise else weight.reshape(())
+        grad_pos = torch.ops.aten.threshold_backward(grad, x, 0)  # grad where x > 0, else 0
+        grad_neg = grad - grad_pos  # grad where x <= 0, else 0
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.addcmul(grad_pos, grad_neg, slope.to(grad.dtype)).to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            dims = [d for d in range(x.dim()) if d != 1] if channel_wise and x.dim() > 1 else list(range(x.dim()))
+            grad_w = (grad_neg * x).sum(dim=dims, dtype=torch.promote_types(grad_neg.dtype, torch.float32)).reshape(weight.shape).to(weight.dtype)
+        return grad_x, grad_w
+
+
+class PReLU(nn.PReLU):
+    """:class:`torch.nn.PReLU` (same parameters, same results) with a faster backward pass on the CPU.
+
+    Elsewhere (CUDA, MPS) it is ``nn.PReLU`` itself: their fused kernels are
+    already fast.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or not torch.is_grad_enabled():
+            return super().forward(x)
+        return _PReLUFunction.apply(x, self.weight)
+
+
 def _bn_prelu(channels: int) -> nn.Sequential:
     """Batch normalisation followed by a per-channel PReLU."""
-    return nn.Sequential(nn.BatchNorm2d(channels), nn.PReLU(channels))
+    return nn.Sequential(nn.BatchNorm2d(channels), PReLU(channels))
 
 
 class InitialBlock(nn.Module):
@@ -134,7 +180,7 @@ class RegularBottleneck(nn.Module):
             _bn_prelu(channels),
             nn.Dropout2d(dropout),
         )
-        self.out_act = nn.PReLU(channels)
+        self.out_act = PReLU(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         branch = self.branch(x)
@@ -167,7 +213,7 @@ class DownsamplingBottleneck(nn.Module):
             _bn_prelu(out_channels),
             nn.Dropout2d(dropout),
         )
-        self.out_act = nn.PReLU(out_channels)
+        self.out_act = PReLU(out_channels)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         main, indices = self.pool(x)
@@ -199,7 +245,7 @@ class UpsamplingBottleneck(nn.Module):
             _bn_prelu(out_channels),
             nn.Dropout2d(dropout),
         )
-        self.out_act = nn.PReLU(out_channels)
+        self.out_act = PReLU(out_channels)
 
     def forward(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         branch = self.branch(x)
