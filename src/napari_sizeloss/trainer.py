@@ -41,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .allocator import tune_allocator
 from .bounds import SizeBounds, slice_bounds
 from .checkpoint import Checkpoint, build_model, load_checkpoint, save_checkpoint
 from .data import (
@@ -56,6 +57,7 @@ from .data import (
     uncrop_volume,
 )
 from .device import autocast, make_adam, select_device, uses_channels_last
+from .inference import inference_model
 from .losses import log_barrier, partial_cross_entropy, size_penalty
 from .metrics import dice_3d
 from .network import ENet
@@ -682,6 +684,12 @@ def train(
     return session
 
 
+#: Slices per forward pass when predicting. On 2 CPU cores 8 was fastest
+#: (``python scripts/alloc_bench.py``): smaller batches pay per-layer overhead,
+#: larger ones outgrow the caches.
+PREDICT_BATCH = 8
+
+
 @torch.inference_mode()
 def predict_volume(
     model: torch.nn.Module,
@@ -690,7 +698,7 @@ def predict_volume(
     normalisation: dict | None,
     device: torch.device | str = "cpu",
     box: Box | None = None,
-    batch_size: int = 16,
+    batch_size: int = PREDICT_BATCH,
     channels_last: bool = False,
     amp: bool = True,
 ) -> np.ndarray:
@@ -705,11 +713,20 @@ def predict_volume(
         compute it from this image); already normalised when None.
     box : Box, optional
         Predict inside this in-plane box only (zero outside).
-    batch_size : slices per forward pass.
+    batch_size : slices per forward pass (:data:`PREDICT_BATCH` by default).
 
     Returns
     -------
     ndarray float32, ``image``'s shape
+
+    Notes
+    -----
+    Runs without gradients. A prediction of at least
+    :data:`~napari_sizeloss.inference.FOLD_MIN_PIXELS` pixels runs a copy of
+    ``model`` with its batch norms folded into its convolutions (same
+    logits, float32 rounding apart); a smaller one runs ``model`` itself in
+    evaluation mode (the caller restores training mode). glibc's allocator
+    is tuned once (:func:`~napari_sizeloss.allocator.tune_allocator`).
     """
     ndim = image.ndim
     image4 = as_4d(np.asarray(image))
@@ -725,13 +742,14 @@ def predict_volume(
     h, w = crop.shape[:2]
     slices = crop.reshape(h, w, Z * T).transpose(2, 0, 1)  # (N, h, w)
     out = np.empty((Z * T, h, w), dtype=np.float32)
-    model.eval()
+    tune_allocator()
+    net = inference_model(model, Z * T * h * w)  # batch norms folded for large predictions
     for start in range(0, Z * T, batch_size):
         x = torch.from_numpy(np.ascontiguousarray(slices[start : start + batch_size, None])).to(device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, enabled=amp):
-            logits = model(x)
+            logits = net(x)
         probs = torch.softmax(logits.float(), dim=1)[:, 1]
         out[start : start + batch_size] = probs.cpu().numpy()
     probs4 = out.transpose(1, 2, 0).reshape(h, w, Z, T)

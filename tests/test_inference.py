@@ -1,0 +1,120 @@
+"""Batch-norm folding gives the same predictions as the network it was folded from."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from napari_sizeloss import inference
+from napari_sizeloss.inference import count_batch_norms, fold_batch_norms, inference_model
+from napari_sizeloss.network import ENet
+from napari_sizeloss.trainer import predict_volume
+
+
+def _enet_with_nontrivial_norms(seed=0) -> ENet:
+    """An ENet whose batch norms are far from identity maps, so folding them matters."""
+    torch.manual_seed(seed)
+    model = ENet()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+                m.running_var.copy_(torch.rand(n, generator=g) * 2 + 0.2)
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and m.bias is not None:
+                m.bias.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
+    return model
+
+
+def test_folded_enet_gives_the_same_logits_with_one_batch_norm_left():
+    model = _enet_with_nontrivial_norms(0)
+    model.eval()
+    x = torch.randn(3, 1, 45, 38)  # odd sizes: the padding path too
+    with torch.no_grad():
+        ref = model(x)
+        folded = fold_batch_norms(model)
+        out = folded(x)
+    assert count_batch_norms(model) == 84
+    assert count_batch_norms(folded) == 1  # the initial block's, after a concatenation
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    assert float(ref.abs().max()) > 1.0  # logits of real magnitude, not a trivially small comparison
+
+
+def test_folding_leaves_the_original_untouched_and_trainable():
+    model = _enet_with_nontrivial_norms(1)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded = fold_batch_norms(model)
+    assert model.training and not folded.training
+    assert count_batch_norms(model) == 84
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(p.requires_grad for p in model.parameters())
+    assert not any(p.requires_grad for p in folded.parameters())
+
+
+def test_only_a_batch_norm_straight_after_a_matching_convolution_folds():
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1),  # followed (through a nested Sequential) by BN: folds
+        nn.Sequential(nn.BatchNorm2d(4), nn.ReLU()),
+        nn.BatchNorm2d(4),  # after a ReLU: stays
+        nn.Conv2d(4, 4, 1, groups=2),  # grouped: its BN stays
+        nn.BatchNorm2d(4),
+        nn.ConvTranspose2d(4, 3, 2, stride=2, bias=False),  # transposed, no bias: folds
+        nn.BatchNorm2d(3),
+    )
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.3, 3)
+                m.weight.uniform_(0.5, 2)
+                m.bias.uniform_(-1, 1)
+    net.eval()
+    folded = fold_batch_norms(net)
+    assert isinstance(folded[1][0], nn.Identity)
+    assert isinstance(folded[2], nn.BatchNorm2d) and isinstance(folded[4], nn.BatchNorm2d)
+    assert isinstance(folded[6], nn.Identity)
+    x = torch.randn(2, 2, 6, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), net(x), rtol=1e-5, atol=1e-5)
+
+
+def test_inference_model_folds_large_predictions_only_and_refolds_after_training(monkeypatch):
+    monkeypatch.setattr(inference, "FOLD_MIN_PIXELS", 1000)
+    model = _enet_with_nontrivial_norms(2)
+    assert inference_model(model, 999) is model and not model.training
+    folded = inference_model(model, 1000)
+    assert folded is not model and count_batch_norms(folded) == 1
+    assert inference_model(model, 5000) is folded  # weights unchanged: the same copy
+
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    x = torch.randn(2, 1, 32, 32)
+    model(x).square().mean().backward()
+    opt.step()  # weights and running statistics change
+    model.eval()
+    refolded = inference_model(model, 1000)
+    assert refolded is not folded
+    with torch.no_grad():
+        torch.testing.assert_close(refolded(x), model(x), rtol=1e-4, atol=1e-4)
+        assert float((folded(x) - model(x)).abs().max()) > 1e-2  # the stale copy really was stale
+
+
+@pytest.mark.parametrize("fold_min_pixels", [1, 1 << 62])
+def test_predict_volume_matches_the_network_run_by_hand_folded_or_not(monkeypatch, fold_min_pixels):
+    monkeypatch.setattr(inference, "FOLD_MIN_PIXELS", fold_min_pixels)
+    model = _enet_with_nontrivial_norms(3)
+    model.train()
+    image = np.random.default_rng(0).random((40, 36, 2, 3), dtype=np.float32)
+    probs = predict_volume(model, image, normalisation=None, amp=False, batch_size=4)
+    model.eval()
+    with torch.no_grad():
+        slices = torch.from_numpy(image.reshape(40, 36, 6).transpose(2, 0, 1)[:, None].copy())
+        ref = torch.softmax(model(slices), 1)[:, 1].numpy().transpose(1, 2, 0).reshape(40, 36, 2, 3)
+    np.testing.assert_allclose(probs, ref, atol=1e-5)
+    assert 0.01 < ref.mean() < 0.99 and ref.std() > 1e-3  # a non-degenerate prediction
