@@ -121,3 +121,13 @@ def test_time_to_quality_reports_a_corrections_round():
     assert len(out["dice_curve"]) >= 2  # scored at steps 2 and 4
     assert 0.0 <= out["dice_at_60s"] <= 1.0 and 0.0 <= out["dice_after_corrections"] <= 1.0
     assert out["peak_rss_mb"] > 0
+
+
+def test_enet_work_scales_with_pixels_and_a_step_costs_about_three_forwards():
+    from napari_sizeloss.bench import enet_gflop
+
+    big, small = enet_gflop(64), enet_gflop(32)
+    assert big["forward"] == pytest.approx(4 * small["forward"], rel=0.02)  # work per pixel is constant
+    assert 2.5 < big["train_step"] / big["forward"] < 3.5  # backward: gradients for inputs and weights
+    # ENet's 1x1, 3x3, 5x1 and transposed convolutions at 256x256: about 0.94 GFLOP per slice
+    assert 0.8 < enet_gflop(256)["forward"] < 1.1

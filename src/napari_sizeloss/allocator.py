@@ -5,10 +5,11 @@ defaults, a block over the mmap threshold is mapped fresh for every
 allocation and unmapped when freed, and free memory at the top of the heap
 is trimmed back to the kernel. ENet's activations (a few MB each at batch 8,
 25 MB at batch 25) are freed after every forward pass, so the next pass
-touches brand-new pages: about 4,000 page faults per 256x256 slice predicted,
-which made every elementwise layer 3-5 times slower than its memory traffic
-(``scripts/alloc_bench.py``: whole-slice prediction 28 -> 17 ms per slice on
-2 cores).
+touches brand-new pages: hundreds to thousands of page faults per 256x256
+slice predicted, each elementwise layer then 3-5 times slower than its memory
+traffic. Together with batch-norm folding (:mod:`napari_sizeloss.inference`)
+this took whole-slice prediction from about 22 to about 18 ms per slice on 2
+cores (``python scripts/alloc_bench.py``; table in ``docs/benchmarks.md``).
 
 :func:`tune_allocator` raises glibc's mmap threshold to 32 MiB (its
 ceiling) and its trim threshold to 256 MiB, so those blocks are reused from

@@ -114,10 +114,39 @@ def predict_cine_s(device, *, shape=(256, 256, 10, 25), repeats=3, box_side: int
     for _ in range(repeats):
         _sync(device)
         t0 = time.perf_counter()
-        predict_volume(model, image, normalisation="auto", device=device, batch_size=25, box=box)
+        predict_volume(model, image, normalisation="auto", device=device, box=box)
         _sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def enet_gflop(size: int = 256) -> dict:
+    """Floating-point work of ENet on one ``size x size`` slice, in GFLOP (1 multiply-add = 2 FLOP).
+
+    Counted by :class:`torch.utils.flop_counter.FlopCounterMode` (convolutions
+    and matrix products; elementwise layers are not counted).
+
+    Returns
+    -------
+    dict
+        ``forward``: one slice, inference; ``train_step``: forward and
+        backward of one slice at batch 1.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .network import ENet
+
+    model = ENet()
+    x = torch.rand(1, 1, size, size)
+    model.eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    forward = counter.get_total_flops()
+    model.train()
+    with FlopCounterMode(display=False) as counter:
+        model(x).sum().backward()
+    return {"forward": forward / 1e9, "train_step": counter.get_total_flops() / 1e9}
 
 
 def _score(session, target) -> float:
@@ -256,6 +285,13 @@ def run_bench(args) -> int:
     ms = train_step_ms(device, size=256, batch=1, repeats=reps, channels_last=fast and uses_channels_last(device), amp=fast)
     results["train_step_ms_256_b1"] = round(ms, 2)
     print(f"train step, 256x256, batch 1 (paper configuration): {ms:.1f} ms (median of {reps})", flush=True)
+    gflop = enet_gflop(256)
+    results["gflop_train_step_256_b1"] = round(gflop["train_step"], 3)
+    results["gflop_forward_256"] = round(gflop["forward"], 3)
+    rate = gflop["train_step"] / (ms / 1000)
+    results["train_step_gflop_per_s"] = round(rate, 1)
+    print(f"  ENet work: {gflop['train_step']:.2f} GFLOP per step, {gflop['forward']:.2f} GFLOP per slice predicted; "
+          f"the step ran at {rate:.0f} GFLOP/s", flush=True)
 
     from .trainer import TrainConfig
 
@@ -272,7 +308,10 @@ def run_bench(args) -> int:
     note = " (extrapolated from 5 frames)" if quick else ""
     s = predict_cine_s(device, shape=shape, repeats=1 if quick else 3) * scale
     results["predict_cine_s"] = round(s, 2)
-    print(f"predict a 256x256x10x25 cine volume, every pixel: {s:.2f} s{note}", flush=True)
+    rate = 250 * gflop["forward"] / s
+    results["predict_gflop_per_s"] = round(rate, 1)
+    print(f"predict a 256x256x10x25 cine volume, every pixel: {s:.2f} s{note} "
+          f"({250 * gflop['forward']:.0f} GFLOP at {rate:.0f} GFLOP/s)", flush=True)
     s_roi = predict_cine_s(device, shape=shape, repeats=1 if quick else 3, box_side=crop) * scale
     results["predict_cine_roi_s"] = round(s_roi, 2)
     print(f"predict it inside a {crop}x{crop} region of interest (what the trainer does): {s_roi:.2f} s{note}", flush=True)

@@ -6,8 +6,9 @@ convolution is an affine map per output channel,
 multiplied into the convolution's weights and bias. The folded copy computes
 the same logits (float32 rounding apart) with one memory pass fewer per
 folded layer: 83 of ENet's 84 batch norms fold (the initial block's follows a
-concatenation with a max-pool and stays). On 2 CPU cores that cuts whole-slice
-prediction by about 10-15 % (``napari-sizeloss bench``, see
+concatenation with a max-pool and stays). With the allocator tuned
+(:mod:`napari_sizeloss.allocator`) that cuts whole-slice prediction on 2 CPU
+cores by about a fifth (``python scripts/alloc_bench.py``, see
 ``docs/benchmarks.md``).
 
 The original model is never modified: training goes on with its batch norms.

@@ -684,9 +684,9 @@ def train(
     return session
 
 
-#: Slices per forward pass when predicting. On 2 CPU cores 8 was fastest
-#: (``python scripts/alloc_bench.py``): smaller batches pay per-layer overhead,
-#: larger ones outgrow the caches.
+#: Slices per forward pass when predicting. On 2 CPU cores batches of 4 to 25
+#: cost within a few percent of each other once the allocator is tuned
+#: (``python scripts/alloc_bench.py``); 8 keeps the activations small.
 PREDICT_BATCH = 8
 
 
