@@ -111,10 +111,12 @@ def test_predict_volume_matches_the_network_run_by_hand_folded_or_not(monkeypatc
     model = _enet_with_nontrivial_norms(3)
     model.train()
     image = np.random.default_rng(0).random((40, 36, 2, 3), dtype=np.float32)
-    probs = predict_volume(model, image, normalisation=None, amp=False, batch_size=4)
+    probs = predict_volume(model, image, normalisation=None, amp=False, batch_size=4)  # 4 + 2 slices
+    by_pixels = predict_volume(model, image, normalisation=None, amp=False)  # all 6 in one batch
     model.eval()
     with torch.no_grad():
         slices = torch.from_numpy(image.reshape(40, 36, 6).transpose(2, 0, 1)[:, None].copy())
         ref = torch.softmax(model(slices), 1)[:, 1].numpy().transpose(1, 2, 0).reshape(40, 36, 2, 3)
     np.testing.assert_allclose(probs, ref, atol=1e-5)
+    np.testing.assert_allclose(by_pixels, ref, atol=1e-5)
     assert 0.01 < ref.mean() < 0.99 and ref.std() > 1e-3  # a non-degenerate prediction

@@ -684,10 +684,12 @@ def train(
     return session
 
 
-#: Slices per forward pass when predicting. On 2 CPU cores batches of 4 to 25
-#: cost within a few percent of each other once the allocator is tuned
-#: (``python scripts/alloc_bench.py``); 8 keeps the activations small.
-PREDICT_BATCH = 8
+#: Pixels per forward pass when predicting (8 slices of 256x256): on 2 CPU
+#: cores whole slices cost within a few percent per slice from 4 to 25 per
+#: batch once the allocator is tuned, while small regions of interest need
+#: many slices per batch to amortise each layer's overhead (96x96 crops: 0.99 s
+#: for a cine at 8 per batch, 0.78 s at 56). ``python scripts/alloc_bench.py``.
+PREDICT_PIXELS = 8 * 256 * 256
 
 
 @torch.inference_mode()
@@ -698,7 +700,7 @@ def predict_volume(
     normalisation: dict | None,
     device: torch.device | str = "cpu",
     box: Box | None = None,
-    batch_size: int = PREDICT_BATCH,
+    batch_size: int | None = None,
     channels_last: bool = False,
     amp: bool = True,
 ) -> np.ndarray:
@@ -713,7 +715,8 @@ def predict_volume(
         compute it from this image); already normalised when None.
     box : Box, optional
         Predict inside this in-plane box only (zero outside).
-    batch_size : slices per forward pass (:data:`PREDICT_BATCH` by default).
+    batch_size : slices per forward pass; by default as many as make
+        :data:`PREDICT_PIXELS` pixels (at least 1).
 
     Returns
     -------
@@ -742,6 +745,8 @@ def predict_volume(
     h, w = crop.shape[:2]
     slices = crop.reshape(h, w, Z * T).transpose(2, 0, 1)  # (N, h, w)
     out = np.empty((Z * T, h, w), dtype=np.float32)
+    if batch_size is None:
+        batch_size = max(1, PREDICT_PIXELS // max(1, h * w))
     tune_allocator()
     net = inference_model(model, Z * T * h * w)  # batch norms folded for large predictions
     for start in range(0, Z * T, batch_size):
