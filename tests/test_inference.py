@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from napari_sizeloss import inference
+from napari_sizeloss.device import make_adam
 from napari_sizeloss.inference import count_batch_norms, fold_batch_norms, inference_model
 from napari_sizeloss.network import ENet
 from napari_sizeloss.trainer import predict_volume
@@ -92,17 +93,23 @@ def test_inference_model_folds_large_predictions_only_and_refolds_after_training
     assert folded is not model and count_batch_norms(folded) == 1
     assert inference_model(model, 5000) is folded  # weights unchanged: the same copy
 
-    model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    model.eval()
+    opt = make_adam(model.parameters(), 2e-3)  # fused: changes weights without bumping their versions
     x = torch.randn(2, 1, 32, 32)
     model(x).square().mean().backward()
-    opt.step()  # weights and running statistics change
-    model.eval()
+    opt.step()  # weights change; running statistics (eval mode) do not
     refolded = inference_model(model, 1000)
     assert refolded is not folded
     with torch.no_grad():
         torch.testing.assert_close(refolded(x), model(x), rtol=1e-4, atol=1e-4)
         assert float((folded(x) - model(x)).abs().max()) > 1e-2  # the stale copy really was stale
+
+        model.down1.branch[0].weight.data.mul_(1.5)  # a write through .data: no version bump either
+        assert inference_model(model, 1000) is not refolded
+        model.stage1[0].branch[1][0].running_var.fill_(2.0)  # a buffer
+        last = inference_model(model, 1000)
+        torch.testing.assert_close(last(x), model(x), rtol=1e-4, atol=1e-4)
+        assert inference_model(model, 1000) is last
 
 
 @pytest.mark.parametrize("fold_min_pixels", [1, 1 << 62])
