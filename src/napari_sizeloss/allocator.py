@@ -7,9 +7,10 @@ is trimmed back to the kernel. ENet's activations (a few MB each at batch 8,
 25 MB at batch 25) are freed after every forward pass, so the next pass
 touches brand-new pages: hundreds to thousands of page faults per 256x256
 slice predicted, each elementwise layer then 3-5 times slower than its memory
-traffic. Together with batch-norm folding (:mod:`napari_sizeloss.inference`)
-this took whole-slice prediction from about 22 to about 18 ms per slice on 2
-cores (``python scripts/alloc_bench.py``; table in ``docs/benchmarks.md``).
+traffic. With batch-norm folding (:mod:`napari_sizeloss.inference`) and
+batches of 8, whole-slice prediction went from about 28 to 20-22 ms per
+slice on 2 cores (``python scripts/alloc_bench.py``; tables in
+``docs/benchmarks.md``).
 
 :func:`tune_allocator` raises glibc's mmap threshold to 32 MiB (its
 ceiling) and its trim threshold to 256 MiB, so those blocks are reused from

@@ -687,8 +687,9 @@ def train(
 #: Pixels per forward pass when predicting (8 slices of 256x256): on 2 CPU
 #: cores whole slices cost within a few percent per slice from 4 to 25 per
 #: batch once the allocator is tuned, while small regions of interest need
-#: many slices per batch to amortise each layer's overhead (96x96 crops: 0.99 s
-#: for a cine at 8 per batch, 0.78 s at 56). ``python scripts/alloc_bench.py``.
+#: many slices per batch to amortise each layer's overhead (``napari-sizeloss
+#: bench``, a 96x96 region of a 256x256x10x25 cine: 1.05 s at 8 per batch,
+#: 0.87 s at 56). ``python scripts/alloc_bench.py`` compares whole-slice settings.
 PREDICT_PIXELS = 8 * 256 * 256
 
 

@@ -1,0 +1,75 @@
+"""Where a 256x256, batch-1 ENet training step spends its time, by kind of operator.
+
+Runs ``--steps`` steps (forward, cross-entropy, backward, fused Adam) under
+torch.profiler after a warm-up and prints each kind's share of the CPU time
+the profiler saw (the profiler itself adds overhead per operator, so read
+shares, not absolute times), then the median step time without the profiler.
+
+    python scripts/step_profile.py [--size 256] [--batch 1] [--steps 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+from napari_sizeloss.device import make_adam
+from napari_sizeloss.network import ENet
+
+KINDS = [
+    ("convolutions (forward and backward)", ("conv",)),
+    ("PReLU (forward; mask and fma of backward)", ("prelu", "threshold_backward", "addcmul")),
+    ("batch norm", ("batch_norm",)),
+    ("max-pool / unpool", ("max_pool", "max_unpool")),
+    ("Adam", ("adam",)),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model = ENet()
+    opt = make_adam(model.parameters(), 5e-4)
+    x = torch.rand(args.batch, 1, args.size, args.size)
+    y = torch.randint(0, 2, (args.batch, args.size, args.size))
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    for _ in range(5):
+        step()
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(args.steps):
+            step()
+    events = [e for e in prof.key_averages() if e.key.startswith("aten::") or "Backward" in e.key]
+    total = sum(e.self_cpu_time_total for e in events)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.size}x{args.size}, batch {args.batch}")
+    print(f"median step without the profiler: {statistics.median(times) * 1000:.1f} ms (of {args.steps})")
+    seen = set()
+    for label, keys in KINDS:
+        share = sum(e.self_cpu_time_total for e in events
+                    if e.key not in seen and any(k in e.key.lower() for k in keys))
+        seen.update(e.key for e in events if any(k in e.key.lower() for k in keys))
+        print(f"  {label:<44} {100 * share / total:5.1f} %")
+    rest = sum(e.self_cpu_time_total for e in events if e.key not in seen)
+    print(f"  {'everything else (adds, dropout, copies)':<44} {100 * rest / total:5.1f} %")
+
+
+if __name__ == "__main__":
+    main()
