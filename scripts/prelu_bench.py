@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_sizeloss.device import make_adam
-from napari_sizeloss.network import ENet, PReLU
+from napari_sizeloss.network import ENet, PReLU, with_torch_prelu
 
 SHAPES = [(1, 16, 128, 128), (1, 64, 64, 64), (1, 128, 32, 32), (8, 64, 24, 24)]
 
@@ -35,17 +35,6 @@ def _median_us(fn, n: int = 51) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1e6
-
-
-def _with_torch_prelu(model: nn.Module) -> nn.Module:
-    for name, child in model.named_children():
-        if isinstance(child, PReLU):
-            plain = nn.PReLU(child.num_parameters)
-            plain.weight.data.copy_(child.weight.data)
-            setattr(model, name, plain)
-        else:
-            _with_torch_prelu(child)
-    return model
 
 
 def forward_and_backward() -> None:
@@ -65,7 +54,7 @@ def training_steps(rounds: int) -> None:
             torch.manual_seed(0)
             model = ENet()
             if name == "torch.nn.PReLU":
-                _with_torch_prelu(model)
+                with_torch_prelu(model)
             models[name] = (model, make_adam(model.parameters(), 5e-4))
         x = torch.rand(batch, 1, side, side)
         y = torch.randint(0, 2, (batch, side, side))

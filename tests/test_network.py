@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_sizeloss.network import STRIDE, ENet, PReLU, _PReLUFunction, count_parameters
+from napari_sizeloss.network import STRIDE, ENet, PReLU, _PReLUFunction, count_parameters, with_torch_prelu
 
 
 def _eval_model(**kwargs) -> ENet:
@@ -315,16 +315,7 @@ def test_enet_training_step_with_fast_prelu_matches_torchs_prelu():
     theirs = ENet()
     theirs.load_state_dict(ours.state_dict())
 
-    def to_torch_prelu(module):
-        for name, child in module.named_children():
-            if isinstance(child, PReLU):
-                plain = nn.PReLU(child.num_parameters)
-                plain.weight.data.copy_(child.weight.data)
-                setattr(module, name, plain)
-            else:
-                to_torch_prelu(child)
-
-    to_torch_prelu(theirs)
+    assert with_torch_prelu(theirs) is theirs
     assert not any(isinstance(m, PReLU) for m in theirs.modules())
     x = torch.rand(2, 1, 40, 40)
     y = torch.randint(0, 2, (2, 40, 40))

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-__all__ = ["ENet", "PReLU", "count_parameters", "STRIDE", "MIN_PADDED_SIDE", "BOTTLENECK_RATIO"]
+__all__ = ["ENet", "PReLU", "with_torch_prelu", "count_parameters", "STRIDE", "MIN_PADDED_SIDE", "BOTTLENECK_RATIO"]
 
 #: Total downsampling factor: input sides are padded to a multiple of this.
 STRIDE = 8
@@ -111,6 +111,23 @@ class PReLU(nn.PReLU):
         if x.device.type != "cpu" or not torch.is_grad_enabled():
             return super().forward(x)
         return _PReLUFunction.apply(x, self.weight)
+
+
+def with_torch_prelu(model: nn.Module) -> nn.Module:
+    """Replace every :class:`PReLU` in ``model`` by a :class:`torch.nn.PReLU` with the same weights, in place.
+
+    For comparisons against torch's own kernels (``scripts/prelu_bench.py``,
+    the tests); the results are the same either way. Returns ``model``.
+    """
+    for name, child in model.named_children():
+        if isinstance(child, PReLU):
+            plain = nn.PReLU(child.num_parameters).to(child.weight.device, child.weight.dtype)
+            with torch.no_grad():
+                plain.weight.copy_(child.weight)
+            setattr(model, name, plain)
+        else:
+            with_torch_prelu(child)
+    return model
 
 
 def _bn_prelu(channels: int) -> nn.Sequential:
