@@ -85,6 +85,16 @@ def test_only_a_batch_norm_straight_after_a_matching_convolution_folds():
         torch.testing.assert_close(folded(x), net(x), rtol=1e-5, atol=1e-5)
 
 
+def test_a_batch_norm_without_running_statistics_is_left_alone():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3, track_running_stats=False)).eval()
+    folded = fold_batch_norms(net)
+    assert isinstance(folded[1], nn.BatchNorm2d)  # it normalises with each batch's statistics: nothing to fold
+    x = torch.randn(2, 1, 5, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), net(x))
+
+
 def test_inference_model_folds_large_predictions_only_and_refolds_after_training(monkeypatch):
     monkeypatch.setattr(inference, "FOLD_MIN_PIXELS", 1000)
     model = _enet_with_nontrivial_norms(2)
