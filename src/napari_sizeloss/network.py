@@ -71,11 +71,12 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 class _PReLUFunction(torch.autograd.Function):
     """``torch.prelu`` with a backward pass built from fast elementwise kernels.
 
-    torch 2.13's CPU kernel for PReLU's backward costs about 0.7 ms for a
-    64 x 64 x 64 activation, 30 times its forward; ENet runs 109 PReLUs
-    per step, so on 2 cores it was a quarter of a 256 x 256 training step.
-    The same two gradients from a ReLU mask, a subtraction, a fused
-    multiply-add and a reduction take about 0.1 ms (``scripts/prelu_bench.py``).
+    torch 2.13's CPU kernel for PReLU's backward is about 30 times slower
+    than its forward; ENet runs 109 PReLUs per step. Computing the same two
+    gradients from a ReLU mask, a subtraction, a fused multiply-add and a
+    reduction took one PReLU's forward and backward on a 64 x 64 x 64
+    activation from 0.8-0.9 ms to 0.3-0.4 ms on 2 cores, and a 256 x 256
+    training step from 140 to 124 ms (``python scripts/prelu_bench.py``).
     """
 
     @staticmethod
