@@ -43,7 +43,7 @@ def forward_and_backward() -> None:
     for shape in SHAPES:
         x = torch.randn(shape, requires_grad=True)
         g = torch.randn(shape)
-        times = [_median_us(lambda m=m: m(x).backward(g)) for m in (nn.PReLU(shape[1]), PReLU(shape[1]))]
+        times = [_median_us(lambda m=m, x=x, g=g: m(x).backward(g)) for m in (nn.PReLU(shape[1]), PReLU(shape[1]))]
         print(f"{str(shape):>20} {times[0]:15.0f} {times[1]:8.0f}")
 
 

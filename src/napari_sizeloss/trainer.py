@@ -39,7 +39,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .allocator import tune_allocator
 from .bounds import SizeBounds, slice_bounds
@@ -53,7 +52,6 @@ from .data import (
     normalisation_params,
     normalise,
     region_of_interest,
-    slice_targets,
     uncrop_volume,
 )
 from .device import autocast, make_adam, select_device, uses_channels_last
