@@ -16,45 +16,47 @@ glibc_only = pytest.mark.skipif(
 )
 
 _PROBE = r"""
-import json, resource
+import json, resource, sys
 from napari_sizeloss.allocator import tune_allocator, allocator_tuned
 import torch
 tuned = tune_allocator()
 again = tune_allocator()
-
-def round_of_activations():
-    # 12 activations of 3 MiB alive together, then all freed: a forward pass in small.
-    ts = [torch.ones(3 << 18) for _ in range(12)]
-    return float(sum(t[0] for t in ts))
-
-round_of_activations()
-f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
-    round_of_activations()
-faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+if sys.argv[1:] == ["switch-only"]:
+    print(json.dumps({"tuned": tuned}))
+    sys.exit(0)
+from napari_sizeloss.network import ENet
+torch.manual_seed(0)
+model = ENet().eval()
+x = torch.rand(4, 1, 128, 128)
+with torch.no_grad():
+    for _ in range(3):  # warm-up: oneDNN primitives, the heap's size
+        model(x)
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        model(x)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
 print(json.dumps({"tuned": tuned, "again": again, "state": allocator_tuned(), "faults": faults}))
 """
 
 
-def _probe(switch: str) -> dict:
+def _probe(switch: str, *args: str) -> dict:
     env = dict(os.environ, NAPARI_SIZELOSS_TUNE_MALLOC=switch, OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-c", _PROBE], env=env, check=True, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", _PROBE, *args], env=env, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 @glibc_only
-def test_tuning_stops_fresh_page_faults_for_reallocated_activations():
+def test_tuning_stops_fresh_page_faults_in_enet_forward_passes():
     default = _probe("0")
     tuned = _probe("1")
     assert default["tuned"] is False and default["state"] is False
     assert tuned["tuned"] is True and tuned["again"] is True and tuned["state"] is True
-    pages_per_round = 12 * (3 << 20) // 4096
-    # glibc as it comes trims the freed 36 MiB and faults it in again every round...
-    assert default["faults"] > 2 * pages_per_round
-    # ...tuned, the same memory is reused (a few pages still come and go).
-    assert tuned["faults"] < default["faults"] / 8
+    # glibc as it comes hands back ENet's freed activations and faults them in again every pass...
+    assert default["faults"] > 2000
+    # ...tuned, the same memory is reused.
+    assert tuned["faults"] < default["faults"] / 10
 
 
 def test_switched_off_by_the_environment_variable():
     for value in ("0", "off", "False", " no "):
-        assert _probe(value)["tuned"] is False
+        assert _probe(value, "switch-only")["tuned"] is False
