@@ -97,7 +97,8 @@ class _PReLUFunction(torch.autograd.Function):
             grad_x = torch.addcmul(grad_pos, grad_neg, slope.to(grad.dtype)).to(x.dtype)
         if ctx.needs_input_grad[1]:
             dims = [d for d in range(x.dim()) if d != 1] if channel_wise and x.dim() > 1 else list(range(x.dim()))
-            grad_w = (grad_neg * x).sum(dim=dims, dtype=torch.promote_types(grad_neg.dtype, torch.float32)).reshape(weight.shape).to(weight.dtype)
+            accumulate = torch.promote_types(grad_neg.dtype, torch.float32)  # bf16/fp16 sums in fp32
+            grad_w = (grad_neg * x).sum(dim=dims, dtype=accumulate).reshape(weight.shape).to(weight.dtype)
         return grad_x, grad_w
 
 
