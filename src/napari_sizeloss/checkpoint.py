@@ -31,6 +31,7 @@ import numbers
 import os
 import pickle
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -315,7 +316,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 def _read(path: Path, map_location, name: str) -> Checkpoint:
     try:
-        raw = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # A plain pickle (not torch.save's format) makes torch warn about its protocol
+            # before refusing it; the refusal below is the one line the user should see.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            raw = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         found = _DISALLOWED_GLOBAL.search(str(exc))
         if found:
