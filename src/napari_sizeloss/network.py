@@ -105,12 +105,13 @@ class _PReLUFunction(torch.autograd.Function):
 class PReLU(nn.PReLU):
     """:class:`torch.nn.PReLU` (same parameters, same results) with a faster backward pass on the CPU.
 
-    Elsewhere (CUDA, MPS) it is ``nn.PReLU`` itself: their fused kernels are
-    already fast.
+    Elsewhere (CUDA, MPS), without gradients and under ``torch.compile``
+    (whose generated code fuses torch's PReLU and its backward with the
+    neighbouring operators) it is ``nn.PReLU`` itself.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or not torch.is_grad_enabled():
+        if x.device.type != "cpu" or not torch.is_grad_enabled() or torch.compiler.is_compiling():
             return super().forward(x)
         return _PReLUFunction.apply(x, self.weight)
 

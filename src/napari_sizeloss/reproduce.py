@@ -206,6 +206,10 @@ class ReproduceConfig:
         Weight of the size penalty.
     device : str
         ``auto``, ``cpu``, ``cuda`` or ``mps``; does not enter the fingerprint.
+    compile : bool
+        Train through ``torch.compile`` (:mod:`napari_sizeloss.compiled`):
+        faster steps after a compile per method; the same computation, so it
+        does not enter the fingerprint either.
     """
 
     data: str | None = None
@@ -224,6 +228,7 @@ class ReproduceConfig:
     lr: float = 5e-3
     size_weight: float = SIZE_WEIGHT
     device: str = "auto"
+    compile: bool = False
 
     def validate(self) -> None:
         """Raise :class:`ReproduceError` for impossible settings."""
@@ -252,6 +257,7 @@ class ReproduceConfig:
         out = dataclasses.asdict(self)
         out.pop("methods")
         out.pop("device")
+        out.pop("compile")
         out["data"] = str(Path(self.data).resolve()) if self.data else None
         out["phantom_shape"] = list(self.phantom_shape)
         if self.data:
@@ -548,6 +554,11 @@ def train_method(
     torch.manual_seed(config.seed)
     model = ENet(in_channels=1, num_classes=2).to(device)
     optimiser = make_adam(model.parameters(), config.lr, device)
+    forward = model
+    if config.compile:
+        from .compiled import CompiledForward
+
+        forward = CompiledForward(model)  # compiles on the first step (and again for a smaller last batch)
     lower_np, upper_np = experiment.slice_bounds(method)
     lower_all = torch.from_numpy(lower_np.astype(np.float32))
     upper_all = torch.from_numpy(upper_np.astype(np.float32))
@@ -575,7 +586,7 @@ def train_method(
             idx = torch.from_numpy(order[first : first + config.batch_size])
             x = experiment.images[idx].to(device)
             lower, upper = lower_all[idx].to(device), upper_all[idx].to(device)
-            logits = model(x)
+            logits = forward(x)
             loss = _method_loss(
                 method, logits, experiment.weak[idx].to(device).long(), experiment.full[idx].to(device).long(),
                 lower, upper, epoch, config,
@@ -796,6 +807,10 @@ def run_reproduction(
     if out.exists() and not out.is_dir():
         raise ReproduceError(f"--out {out} exists and is not a folder")
     device = select_device(config.device)
+    if config.compile:
+        from .compiled import require_compile
+
+        require_compile(device)
     if config.data:
         find_patients(config.data)  # a wrong folder fails before anything is written
     out.mkdir(parents=True, exist_ok=True)
@@ -857,6 +872,9 @@ def add_reproduce_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
     p.add_argument("--seed", type=int, default=0, help="split, initial weights, data order, phantoms")
+    p.add_argument("--compile", action="store_true",
+                   help="train through torch.compile: about 2x faster steps after a compile per method "
+                        "(about 100 s on 2 CPU cores, seconds when cached); results unchanged")
     p.add_argument(
         "--budget", choices=list(BUDGETS), default=DEFAULT_BUDGET,
         help="preset of epochs, grid size, batch and phantom cohort: quick (minutes on a laptop CPU), "
@@ -893,6 +911,7 @@ def config_from_args(args: argparse.Namespace) -> ReproduceConfig:
         resample=args.resample,
         target_spacing=args.target_spacing,
         device=args.device,
+        compile=bool(getattr(args, "compile", False)),
         **budget,  # type: ignore[arg-type]
     )
 

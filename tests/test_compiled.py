@@ -1,0 +1,183 @@
+"""Opt-in torch.compile: same numbers as eager, a clear refusal where it cannot run, eager fallback.
+
+Inductor itself is exercised on a tiny network (its C++ compile of ENet takes
+about 100 s on 2 cores: that is measured by ``napari-sizeloss bench --compile``,
+not here); ENet and the trainer/CLI wiring go through ``aot_eager``, which
+traces the same graphs (dynamo and AOT autograd) without generating C++.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import napari_sizeloss.compiled as compiled
+from napari_sizeloss.bounds import SizeBounds
+from napari_sizeloss.cli import main
+from napari_sizeloss.compiled import (
+    CompiledForward,
+    CompileFallbackWarning,
+    CompileUnavailable,
+    compile_unavailable_reason,
+    require_compile,
+)
+from napari_sizeloss.network import ENet, PReLU
+from napari_sizeloss.reproduce import ReproduceConfig
+from napari_sizeloss.trainer import TrainConfig, train
+
+from test_trainer import disc_volume
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def tiny_net() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), PReLU(4),
+        nn.Conv2d(4, 2, 1),
+    )
+    with torch.no_grad():
+        net[2].weight.copy_(torch.tensor([0.25, -0.5, 1.5, 0.0]))
+    return net
+
+
+def grads_of(model: nn.Module, forward, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    out = forward(x)
+    (out.square().mean() + out[:, 1].sum() * 1e-3).backward()
+    return out.detach().clone(), [p.grad.clone() for p in model.parameters()]
+
+
+def test_inductor_step_matches_eager_on_a_small_network():
+    if compile_unavailable_reason("cpu"):
+        pytest.skip(compile_unavailable_reason("cpu"))
+    eager, twin = tiny_net().train(), tiny_net().train()
+    x = torch.randn(2, 1, 16, 12, generator=torch.Generator().manual_seed(1))
+    out_e, grads_e = grads_of(eager, eager, x)
+    fwd = CompiledForward(twin)
+    out_c, grads_c = grads_of(twin, fwd, x)
+    assert fwd.compiled and fwd.backend == "inductor"
+    assert torch.allclose(out_c, out_e, atol=1e-5)
+    for gc, ge in zip(grads_c, grads_e):
+        assert torch.allclose(gc, ge, atol=1e-5, rtol=1e-4)
+    # batch-norm running statistics move the same way in both
+    assert torch.allclose(twin[1].running_mean, eager[1].running_mean, atol=1e-6)
+
+
+def test_prelu_hands_compile_torchs_operator():
+    """Under compile our PReLU is torch's (fusable) op, not the custom autograd function."""
+    seen: list[str] = []
+
+    def recording_backend(gm, inputs):
+        seen.extend(str(node.target) for node in gm.graph.nodes)
+        return gm.forward
+
+    net = tiny_net().train()
+    x = torch.randn(1, 1, 8, 8)
+    fwd = CompiledForward(net, backend=recording_backend)
+    out, grads = grads_of(net, fwd, x)
+    assert fwd.compiled
+    assert any("prelu" in target for target in seen), seen
+    assert not any("autograd_function" in target or "PReLUFunction" in target for target in seen), seen
+    ref_out, ref_grads = grads_of(net, net, x)  # eager: our autograd function
+    assert torch.allclose(out, ref_out, atol=1e-6)
+    for a, b in zip(grads, ref_grads):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_enet_traces_whole_and_matches_eager():
+    eager = ENet().eval()
+    twin = ENet().eval()
+    twin.load_state_dict(eager.state_dict())
+    x = torch.randn(2, 1, 40, 36)  # sides not multiples of 8: padding and cropping traced too
+    fwd = CompiledForward(twin, backend="aot_eager")
+    with torch.no_grad():
+        assert torch.allclose(fwd(x), eager(x), atol=1e-5)
+    assert fwd.compiled
+
+
+def test_a_failing_compile_falls_back_to_eager_once():
+    def broken_backend(gm, inputs):
+        raise RuntimeError("no compiler today\nsecond line")
+
+    net = tiny_net().eval()
+    fwd = CompiledForward(net, backend=broken_backend)
+    x = torch.randn(1, 1, 8, 8)
+    with pytest.warns(CompileFallbackWarning, match="no compiler today"):
+        out = fwd(x)
+    assert not fwd.compiled and "no compiler today" in fwd.failure and "second line" not in fwd.failure
+    with torch.no_grad():
+        assert torch.equal(out.detach(), net(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fwd(x)  # eager from now on: no second warning
+    assert fwd.calls == 2
+
+
+def test_an_input_error_is_not_mistaken_for_a_compile_failure():
+    fwd = CompiledForward(tiny_net().eval(), backend="aot_eager")
+    with pytest.raises(RuntimeError):
+        fwd(torch.randn(1, 3, 8, 8))  # 3 channels into a 1-channel convolution: eager fails too
+    assert fwd.compiled  # not switched off by the user's bad input
+
+
+def test_unavailable_reasons(monkeypatch):
+    monkeypatch.setattr(compiled, "_cpp_compiler", lambda: None)
+    reason = compile_unavailable_reason("cpu")
+    assert reason and "C++ compiler" in reason and "\n" not in reason
+    with pytest.raises(CompileUnavailable, match="C\\+\\+ compiler"):
+        require_compile("cpu")
+    monkeypatch.setattr(compiled, "_cpp_compiler", lambda: "g++")
+    assert compile_unavailable_reason("cpu") is None
+    require_compile(torch.device("cpu"))
+    assert "mps" in compile_unavailable_reason("mps")
+    monkeypatch.setattr(compiled.importlib.util, "find_spec", lambda name: None)
+    assert "Triton" in compile_unavailable_reason("cuda")
+
+
+def test_compiled_training_session_follows_the_eager_one(monkeypatch):
+    monkeypatch.setattr(compiled, "DEFAULT_BACKEND", "aot_eager")
+    image, seeds, _ = disc_volume()
+    config = dict(steps=4, batch_size=2, crop=32, device="cpu", preview_every=0, seed=0)
+    eager = train(image, seeds, SizeBounds(20, 300), config=TrainConfig.interactive(**config))
+    comp = train(image, seeds, SizeBounds(20, 300), config=TrainConfig.interactive(compile=True, **config))
+    assert isinstance(comp._forward, CompiledForward) and comp._forward.compiled
+    assert comp._forward.calls == 4 and eager._forward is eager.model
+    losses_e = [e.loss for e in eager.history[:-1]]
+    losses_c = [e.loss for e in comp.history[:-1]]
+    np.testing.assert_allclose(losses_c, losses_e, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(comp.probabilities(), eager.probabilities(), atol=1e-4)
+
+
+def test_training_session_refuses_compile_where_it_cannot_run(monkeypatch):
+    monkeypatch.setattr(compiled, "_cpp_compiler", lambda: None)
+    image, seeds, _ = disc_volume()
+    with pytest.raises(CompileUnavailable):
+        train(image, seeds, SizeBounds(20, 300), config=TrainConfig.interactive(compile=True, steps=1, device="cpu"))
+
+
+def test_cli_train_compile_refusal_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(compiled, "_cpp_compiler", lambda: None)
+    d = tmp_path
+    image, gt, seeds = d / "cine.nii.gz", d / "gt.nii.gz", d / "seeds.nii.gz"
+    assert main(["phantom", str(image), "--gt", str(gt), "--shape", "48", "40", "3", "2"]) == 0
+    assert main(["clicks", str(gt), "--out", str(seeds), "--frames", "0"]) == 0
+    capsys.readouterr()
+    model = d / "m.ckpt"
+    code = main(["train", str(image), "--seeds", str(seeds), "--bounds", "5", "400", "--model", str(model),
+                 "--steps", "1", "--device", "cpu", "--compile"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "C++ compiler" in err[0] and err[0].startswith("error: ")
+    assert not model.exists()
+
+
+def test_reproduce_compile_is_a_setting_not_a_result():
+    plain, fast = ReproduceConfig(), ReproduceConfig(compile=True)
+    assert fast.fingerprint() == plain.fingerprint()  # resuming mixes compiled and eager runs of one setting
