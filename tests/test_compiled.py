@@ -181,3 +181,40 @@ def test_cli_train_compile_refusal_is_one_line_and_writes_nothing(tmp_path, monk
 def test_reproduce_compile_is_a_setting_not_a_result():
     plain, fast = ReproduceConfig(), ReproduceConfig(compile=True)
     assert fast.fingerprint() == plain.fingerprint()  # resuming mixes compiled and eager runs of one setting
+
+
+def test_compiled_prediction_pads_the_last_batch_to_one_shape(monkeypatch):
+    from napari_sizeloss.inference import fold_batch_norms
+    from napari_sizeloss.trainer import predict_volume
+
+    shapes: list[tuple] = []
+
+    def recording_backend(gm, inputs):
+        shapes.append(tuple(inputs[0].shape) if inputs else ())
+        return gm.forward
+
+    torch.manual_seed(0)
+    model = ENet().eval()
+    image = np.random.default_rng(0).random((40, 36, 3, 4), dtype=np.float32)  # 12 slices, batches of 5
+    fwd = CompiledForward(fold_batch_norms(model), backend=recording_backend)
+    got = predict_volume(model, image, normalisation="auto", batch_size=5, forward=fwd)
+    want = predict_volume(model, image, normalisation="auto", batch_size=5)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert fwd.compiled and fwd.calls == 3
+    assert len(shapes) == 1  # 5, 5 and 2 slices padded to 5: compiled once
+
+
+def test_predictor_compile(monkeypatch, tmp_path):
+    from napari_sizeloss.trainer import Predictor
+
+    monkeypatch.setattr(compiled, "DEFAULT_BACKEND", "aot_eager")
+    torch.manual_seed(0)
+    model = ENet().eval()
+    image = np.random.default_rng(1).random((32, 40, 2, 3), dtype=np.float32)
+    plain = Predictor(model=model, device=torch.device("cpu"))
+    fast = Predictor(model=model, device=torch.device("cpu"), compile=True)
+    np.testing.assert_allclose(fast.probabilities(image, box=None), plain.probabilities(image, box=None), atol=1e-5)
+    assert fast._compiled.compiled and fast._compiled.calls >= 1
+    monkeypatch.setattr(compiled, "_cpp_compiler", lambda: None)
+    with pytest.raises(CompileUnavailable):
+        Predictor(model=model, device=torch.device("cpu"), compile=True)

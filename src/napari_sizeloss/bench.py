@@ -52,8 +52,14 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train_step_ms(device, *, size=256, batch=1, repeats=20, warmup=5, channels_last=False, amp=False) -> float:
-    """Median wall time (ms) of one full training step (forward, losses, backward, Adam)."""
+def train_step_ms(device, *, size=256, batch=1, repeats=20, warmup=5, channels_last=False, amp=False,
+                  compile=False, first_step: dict | None = None) -> float:
+    """Median wall time (ms) of one full training step (forward, losses, backward, Adam).
+
+    ``compile``: the forward through :class:`~napari_sizeloss.compiled.CompiledForward`;
+    the first step's seconds (the compile, when compiling) go to
+    ``first_step["s"]`` when a dict is given.
+    """
     import torch
 
     from .device import autocast, make_adam
@@ -65,6 +71,11 @@ def train_step_ms(device, *, size=256, batch=1, repeats=20, warmup=5, channels_l
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = make_adam(model.parameters(), 5e-3, device)
+    forward = model
+    if compile:
+        from .compiled import CompiledForward
+
+        forward = CompiledForward(model)
     x = torch.rand(batch, 1, size, size, device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -78,23 +89,30 @@ def train_step_ms(device, *, size=256, batch=1, repeats=20, warmup=5, channels_l
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         with autocast(device, enabled=amp):
-            logits = model(x)
+            logits = forward(x)
         logits = logits.float()
         probs = torch.softmax(logits, 1)[:, 1:2]
         loss = partial_cross_entropy(logits, targets) + 1e-2 * size_penalty(probs, lower, upper).mean() / (size * size)
         loss.backward()
         opt.step()
         _sync(device)
+        if i == 0 and first_step is not None:
+            first_step["s"] = time.perf_counter() - t0
         if i >= warmup:
             times.append((time.perf_counter() - t0) * 1000)
+    if compile and not forward.compiled:
+        raise RuntimeError(f"torch.compile failed: {forward.failure}")
     return statistics.median(times)
 
 
-def predict_cine_s(device, *, shape=(256, 256, 10, 25), repeats=3, box_side: int | None = None) -> float:
+def predict_cine_s(device, *, shape=(256, 256, 10, 25), repeats=3, box_side: int | None = None,
+                   compile=False, first_call: dict | None = None) -> float:
     """Median seconds to predict every slice of a (X, Y, Z, T) cine volume.
 
     ``box_side``: predict inside a centred square of this side only (what the
     trainer does: its region of interest around the dots), zero elsewhere.
+    ``compile``: through a compiled folded copy, as ``Predictor(compile=True)``;
+    the warm-up's seconds (the compile) go to ``first_call["s"]``.
     """
     import torch
 
@@ -109,12 +127,23 @@ def predict_cine_s(device, *, shape=(256, 256, 10, 25), repeats=3, box_side: int
     if box_side:
         x0, y0 = (shape[0] - box_side) // 2, (shape[1] - box_side) // 2
         box = Box(x0, x0 + box_side, y0, y0 + box_side)
+    forward = None
+    if compile:
+        from .compiled import CompiledForward
+        from .inference import fold_batch_norms
+
+        forward = CompiledForward(fold_batch_norms(model))
     times = []
-    predict_volume(model, image[..., :1], normalisation="auto", device=device, box=box)  # warm-up
+    t0 = time.perf_counter()
+    predict_volume(model, image[..., :1], normalisation="auto", device=device, box=box, forward=forward)  # warm-up
+    if first_call is not None:
+        first_call["s"] = time.perf_counter() - t0
+    if compile and not forward.compiled:
+        raise RuntimeError(f"torch.compile failed: {forward.failure}")
     for _ in range(repeats):
         _sync(device)
         t0 = time.perf_counter()
-        predict_volume(model, image, normalisation="auto", device=device, box=box)
+        predict_volume(model, image, normalisation="auto", device=device, box=box, forward=forward)
         _sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
@@ -267,6 +296,44 @@ def compare_with_whole_slices(device, *, steps=300, seed=0, threads=None) -> dic
     return out
 
 
+def compiled_figures(device, *, quick: bool, reps: int, fast: bool, gflop: dict) -> dict:
+    """The step and prediction figures again through ``torch.compile``, with each compile's seconds.
+
+    A first call's seconds are the compile: cold (minutes on a CPU) or from
+    inductor's on-disk cache (seconds), whichever this machine has.
+    """
+    from .device import uses_channels_last
+    from .trainer import TrainConfig
+
+    out: dict = {}
+    print("through torch.compile (--compile; a first call's time is its compile, cold or cached):", flush=True)
+    first: dict = {}
+    ms = train_step_ms(device, size=256, batch=1, repeats=reps, channels_last=fast and uses_channels_last(device),
+                       amp=fast, compile=True, first_step=first)
+    out["train_step_ms_256_b1_compiled"] = round(ms, 2)
+    out["compile_s_train_256_b1"] = round(first["s"], 1)
+    print(f"  train step, 256x256, batch 1: {ms:.1f} ms (median of {reps}; "
+          f"{gflop['train_step'] / (ms / 1000):.0f} GFLOP/s); first step {first['s']:.0f} s", flush=True)
+    cfg = TrainConfig.interactive()
+    crop, batch = cfg.crop, cfg.batch_size
+    ms_b = train_step_ms(device, size=crop, batch=batch, repeats=reps, channels_last=fast, amp=fast,
+                         compile=True, first_step=first)
+    out["train_step_ms_interactive_compiled"] = round(ms_b, 2)
+    out["train_images_per_s_interactive_compiled"] = round(batch / (ms_b / 1000), 1)
+    out["compile_s_train_interactive"] = round(first["s"], 1)
+    print(f"  train step, interactive ({crop}x{crop} crops, batch {batch}): {ms_b:.1f} ms = "
+          f"{batch / (ms_b / 1000):.0f} images/s; first step {first['s']:.0f} s", flush=True)
+    shape = (256, 256, 10, 25) if not quick else (256, 256, 10, 5)
+    scale = 1 if not quick else 5
+    s = predict_cine_s(device, shape=shape, repeats=1 if quick else 3, compile=True, first_call=first) * scale
+    out["predict_cine_s_compiled"] = round(s, 2)
+    out["compile_s_predict_256"] = round(first["s"], 1)
+    note = " (extrapolated from 5 frames)" if quick else ""
+    print(f"  predict a 256x256x10x25 cine volume, every pixel: {s:.2f} s{note} "
+          f"({250 * gflop['forward'] / s:.0f} GFLOP/s); first call {first['s']:.0f} s", flush=True)
+    return out
+
+
 def run_bench(args) -> int:
     import torch
 
@@ -275,6 +342,10 @@ def run_bench(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = select_device(args.device)
+    if args.compile:
+        from .compiled import require_compile
+
+        require_compile(device)  # one line, before minutes of measuring
     quick = args.quick
     info = machine_info(device)
     results: dict = {"machine": info, "quick": bool(quick)}
@@ -316,6 +387,9 @@ def run_bench(args) -> int:
     results["predict_cine_roi_s"] = round(s_roi, 2)
     print(f"predict it inside a {crop}x{crop} region of interest (what the trainer does): {s_roi:.2f} s{note}", flush=True)
 
+    if args.compile:
+        results.update(compiled_figures(device, quick=quick, reps=reps, fast=fast, gflop=gflop))
+
     q = time_to_quality(device, steps=60 if quick else None, correction_steps=20 if quick else 100,
                         threads=args.threads)
     results.update(q)
@@ -346,4 +420,7 @@ def add_bench_parser(subparsers) -> None:
     p.add_argument("--quick", action="store_true", help="fewer repeats, 60+20-step quality run, 40-step comparison")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--compile", action="store_true",
+                   help="also measure the torch.compile'd step and prediction (and their compile times; "
+                        "minutes on a CPU the first time)")
     p.set_defaults(func=run_bench)

@@ -714,6 +714,7 @@ def predict_volume(
     batch_size: int | None = None,
     channels_last: bool = False,
     amp: bool = True,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> np.ndarray:
     """Target probability for every slice of a volume.
 
@@ -728,6 +729,11 @@ def predict_volume(
         Predict inside this in-plane box only (zero outside).
     batch_size : slices per forward pass; by default as many as make
         :data:`PREDICT_PIXELS` pixels (at least 1).
+    forward : callable, optional
+        Runs the batches instead of ``model`` (e.g. a
+        :class:`~napari_sizeloss.compiled.CompiledForward` of a folded copy);
+        the last batch is then padded to ``batch_size`` slices so that a
+        compiled forward sees one shape only.
 
     Returns
     -------
@@ -759,15 +765,22 @@ def predict_volume(
     if batch_size is None:
         batch_size = max(1, PREDICT_PIXELS // max(1, h * w))
     tune_allocator()
-    net = inference_model(model, Z * T * h * w)  # batch norms folded for large predictions
+    if forward is None:
+        net = inference_model(model, Z * T * h * w)  # batch norms folded for large predictions
+    else:
+        net = forward
     for start in range(0, Z * T, batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(slices[start : start + batch_size, None])).to(device)
+        batch = slices[start : start + batch_size, None]
+        n = batch.shape[0]
+        if forward is not None and n < batch_size:  # one shape for a compiled forward
+            batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - n, axis=0)])
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, enabled=amp):
             logits = net(x)
-        probs = torch.softmax(logits.float(), dim=1)[:, 1]
-        out[start : start + batch_size] = probs.cpu().numpy()
+        probs = torch.softmax(logits[:n].float(), dim=1)[:, 1]
+        out[start : start + n] = probs.cpu().numpy()
     probs4 = out.transpose(1, 2, 0).reshape(h, w, Z, T)
     return from_4d(uncrop_volume(probs4, box, (X, Y)), ndim)
 
@@ -777,6 +790,12 @@ class Predictor:
     """A trained model ready to segment other volumes.
 
     Each volume is normalised on its own (robust min-max), as in training.
+
+    ``compile=True`` predicts through ``torch.compile`` (a batch-norm-folded
+    copy of the weights as they are at the first prediction): about 1.6x
+    faster per slice on 2 CPU cores once compiled, after a compile of about
+    30 s (seconds when cached) per in-plane shape; for scripts that predict
+    many volumes of one grid (:mod:`napari_sizeloss.compiled`).
     """
 
     model: ENet
@@ -784,9 +803,17 @@ class Predictor:
     checkpoint: Checkpoint | None = None
     threshold: float = 0.5
     metadata: dict = field(default_factory=dict)
+    compile: bool = False
+    _compiled: object = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.compile:
+            from .compiled import require_compile
+
+            require_compile(self.device)
 
     @classmethod
-    def from_checkpoint(cls, path, device: str = "auto") -> "Predictor":
+    def from_checkpoint(cls, path, device: str = "auto", compile: bool = False) -> "Predictor":
         ckpt = load_checkpoint(path)
         model = build_model(ckpt)
         if model.config.get("num_classes") != 2:
@@ -796,7 +823,7 @@ class Predictor:
             )
         dev = select_device(device)
         model.to(dev)
-        return cls(model=model, device=dev, checkpoint=ckpt, metadata=dict(ckpt.metadata or {}))
+        return cls(model=model, device=dev, checkpoint=ckpt, metadata=dict(ckpt.metadata or {}), compile=compile)
 
     def region_for(self, image_shape) -> Box | None:
         """The training region of interest when ``image_shape`` matches the
@@ -817,7 +844,15 @@ class Predictor:
         image = np.asarray(image)
         if box == "auto":
             box = self.region_for(image.shape)
-        return predict_volume(self.model, image, normalisation="auto", device=self.device, box=box)
+        forward = None
+        if self.compile:
+            if self._compiled is None:
+                from .compiled import CompiledForward
+                from .inference import fold_batch_norms
+
+                self._compiled = CompiledForward(fold_batch_norms(self.model))
+            forward = self._compiled
+        return predict_volume(self.model, image, normalisation="auto", device=self.device, box=box, forward=forward)
 
     def predict(self, image: np.ndarray, box: Box | str | None = "auto") -> np.ndarray:
         """Binary mask, uint8 0/1, ``image``'s shape."""
