@@ -218,3 +218,22 @@ def test_predictor_compile(monkeypatch, tmp_path):
     monkeypatch.setattr(compiled, "_cpp_compiler", lambda: None)
     with pytest.raises(CompileUnavailable):
         Predictor(model=model, device=torch.device("cpu"), compile=True)
+
+
+def test_compiling_tunes_the_allocator_in_a_fresh_process():
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, torch\n"
+        "from napari_sizeloss.allocator import allocator_tuned\n"
+        "from napari_sizeloss.compiled import CompiledForward\n"
+        "before = allocator_tuned()\n"
+        "CompiledForward(torch.nn.Linear(2, 2), backend='eager')\n"
+        "print(json.dumps([before, allocator_tuned()]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    before, after = json.loads(out.stdout.strip().splitlines()[-1])
+    assert before is None
+    assert after is True or (after is False and not sys.platform.startswith("linux"))
