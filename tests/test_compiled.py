@@ -237,3 +237,12 @@ def test_compiling_tunes_the_allocator_in_a_fresh_process():
     before, after = json.loads(out.stdout.strip().splitlines()[-1])
     assert before is None
     assert after is True or (after is False and not sys.platform.startswith("linux"))
+
+
+def test_reproduce_compile_refusal_comes_before_any_output(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(compiled, "_cpp_compiler", lambda: None)
+    out = tmp_path / "results"
+    code = main(["reproduce", "--budget", "quick", "--methods", "ce", "--device", "cpu", "--compile", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "C++ compiler" in err[0]
+    assert not out.exists()
