@@ -102,6 +102,12 @@ class _PReLUFunction(torch.autograd.Function):
         return grad_x, grad_w
 
 
+def _compiling() -> bool:
+    """Whether torch.compile is tracing this call (``torch.compiler.is_compiling``, torch >= 2.3)."""
+    is_compiling = getattr(torch.compiler, "is_compiling", None)
+    return bool(is_compiling is not None and is_compiling())
+
+
 class PReLU(nn.PReLU):
     """:class:`torch.nn.PReLU` (same parameters, same results) with a faster backward pass on the CPU.
 
@@ -111,7 +117,7 @@ class PReLU(nn.PReLU):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or not torch.is_grad_enabled() or torch.compiler.is_compiling():
+        if x.device.type != "cpu" or not torch.is_grad_enabled() or _compiling():
             return super().forward(x)
         return _PReLUFunction.apply(x, self.weight)
 
