@@ -246,3 +246,21 @@ def test_reproduce_compile_refusal_comes_before_any_output(tmp_path, monkeypatch
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "C++ compiler" in err[0]
     assert not out.exists()
+
+
+def test_a_compiler_inductor_cannot_use_is_reported_before_any_work(monkeypatch):
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "/nonexistent/c++"))
+    reason = compile_unavailable_reason("cpu")
+    assert reason and "C++ compiler" in reason  # not masked by a g++ elsewhere on the PATH
+
+
+def test_cli_prints_our_warnings_as_one_line():
+    from napari_sizeloss.cli import _format_warning
+
+    ours = _format_warning(CompileFallbackWarning("torch.compile failed (X: y); continuing"), CompileFallbackWarning,
+                           "/somewhere/trainer.py", 543, "logits = self._forward(x)")
+    assert ours == "warning: torch.compile failed (X: y); continuing\n"
+    theirs = _format_warning(UserWarning("other"), UserWarning, "/somewhere/lib.py", 7, "x = 1")
+    assert "lib.py:7" in theirs and "UserWarning" in theirs  # others keep Python's format

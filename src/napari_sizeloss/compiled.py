@@ -56,15 +56,14 @@ class CompileFallbackWarning(RuntimeWarning):
 
 
 def _cpp_compiler() -> str | None:
-    """The C++ compiler inductor would use on this machine, or None."""
+    """The C++ compiler inductor would use on this machine (honouring ``$CXX``), or None."""
     try:
         from torch._inductor.cpp_builder import get_cpp_compiler
-
+    except Exception:  # private API moved: fall back to a PATH search
+        return next((name for name in ("g++", "c++", "clang++") if shutil.which(name)), None)
+    try:
         return get_cpp_compiler()
-    except Exception:  # private API or no compiler: fall back to a PATH search
-        for name in ("g++", "c++", "clang++"):
-            if shutil.which(name):
-                return name
+    except Exception:  # inductor found none (e.g. $CXX names a missing program)
         return None
 
 
