@@ -6,6 +6,7 @@ not here); ENet and the trainer/CLI wiring go through ``aot_eager``, which
 traces the same graphs (dynamo and AOT autograd) without generating C++.
 """
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -148,8 +149,8 @@ def test_compiled_training_session_follows_the_eager_one(monkeypatch):
     config = dict(steps=4, batch_size=2, crop=32, device="cpu", preview_every=0, seed=0)
     eager = train(image, seeds, SizeBounds(20, 300), config=TrainConfig.interactive(**config))
     comp = train(image, seeds, SizeBounds(20, 300), config=TrainConfig.interactive(compile=True, **config))
-    assert isinstance(comp._forward, CompiledForward) and comp._forward.compiled
-    assert comp._forward.calls == 4 and eager._forward is eager.model
+    assert isinstance(comp._compiled, CompiledForward) and comp._compiled.compiled
+    assert comp._compiled.calls == 4 and eager._compiled is None and eager._training_forward() is eager.model
     losses_e = [e.loss for e in eager.history[:-1]]
     losses_c = [e.loss for e in comp.history[:-1]]
     np.testing.assert_allclose(losses_c, losses_e, rtol=1e-4, atol=1e-5)
@@ -248,11 +249,11 @@ def test_reproduce_compile_refusal_comes_before_any_output(tmp_path, monkeypatch
     assert not out.exists()
 
 
-def test_a_compiler_inductor_cannot_use_is_reported_before_any_work(monkeypatch):
+def test_a_compiler_inductor_cannot_use_is_reported_before_any_work():
     import torch._inductor.config as inductor_config
 
-    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "/nonexistent/c++"))
-    reason = compile_unavailable_reason("cpu")
+    with inductor_config.patch({"cpp.cxx": (None, "/nonexistent/c++")}):  # as $CXX=/nonexistent/c++ would
+        reason = compile_unavailable_reason("cpu")
     assert reason and "C++ compiler" in reason  # not masked by a g++ elsewhere on the PATH
 
 
@@ -264,3 +265,21 @@ def test_cli_prints_our_warnings_as_one_line():
     assert ours == "warning: torch.compile failed (X: y); continuing\n"
     theirs = _format_warning(UserWarning("other"), UserWarning, "/somewhere/lib.py", 7, "x = 1")
     assert "lib.py:7" in theirs and "UserWarning" in theirs  # others keep Python's format
+
+
+def test_compile_can_be_switched_on_between_rounds(monkeypatch):
+    """The widget changes a session's config between rounds: the next round compiles, then keeps its graph."""
+    monkeypatch.setattr(compiled, "DEFAULT_BACKEND", "aot_eager")
+    image, seeds, _ = disc_volume()
+    session = train(image, seeds, SizeBounds(20, 300), config=TrainConfig.interactive(
+        steps=2, batch_size=2, crop=32, device="cpu", preview_every=0))
+    assert session._compiled is None
+    session.config = dataclasses.replace(session.config, compile=True)
+    list(session.run())
+    wrapper = session._compiled
+    assert isinstance(wrapper, CompiledForward) and wrapper.compiled and wrapper.calls == 2
+    list(session.run())
+    assert session._compiled is wrapper and wrapper.calls == 4
+    session.config = dataclasses.replace(session.config, compile=False)
+    list(session.run())
+    assert wrapper.calls == 4  # eager again

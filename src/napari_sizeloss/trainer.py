@@ -322,13 +322,11 @@ class TrainingSession:
         if self._channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.optimizer = make_adam(self.model.parameters(), self.config.lr, self.device)
-        # What a training step calls: the model itself, or the same model through torch.compile.
-        self._forward = self.model
+        self._compiled = None  # the model through torch.compile, built on the first compiled round
         if self.config.compile:
-            from .compiled import CompiledForward, require_compile
+            from .compiled import require_compile
 
-            require_compile(self.device)
-            self._forward = CompiledForward(self.model)
+            require_compile(self.device)  # refuse before any work, not at the first step
         if ckpt is not None and ckpt.optimizer_state:
             try:
                 self.optimizer.load_state_dict(ckpt.optimizer_state)
@@ -514,6 +512,7 @@ class TrainingSession:
             torch.set_num_threads(cfg.threads)
         model, opt = self.model, self.optimizer
         model.train()
+        forward = self._training_forward()
         start = time.perf_counter()
         step = 0
         last = None
@@ -540,7 +539,7 @@ class TrainingSession:
             lo, hi = lower.to(self.device), upper.to(self.device)
             opt.zero_grad(set_to_none=True)
             with autocast(self.device, enabled=cfg.amp):
-                logits = self._forward(x)
+                logits = forward(x)
             loss, ce, size, sizes = self._loss(logits, y, lo, hi)
             if self._scaler is not None:
                 self._scaler.scale(loss).backward()
@@ -606,6 +605,22 @@ class TrainingSession:
         )
         self.history.append(done)
         yield done
+
+    def _training_forward(self):
+        """What a training step calls: the model, or (``config.compile``) the same model through torch.compile.
+
+        The compiled wrapper is kept across rounds (a round with the same
+        crop size compiles nothing more); the config may switch it on or off
+        between rounds (the widget's settings).
+        """
+        if not self.config.compile:
+            return self.model
+        if self._compiled is None:
+            from .compiled import CompiledForward, require_compile
+
+            require_compile(self.device)
+            self._compiled = CompiledForward(self.model)
+        return self._compiled
 
     # ---------------------------------------------------------- prediction
     def _preview(self) -> Preview | None:
