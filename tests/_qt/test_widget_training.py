@@ -263,3 +263,38 @@ def test_closing_the_viewer_stops_training(make_napari_viewer, small_phantom, qt
     viewer.close()
     qtbot.waitUntil(lambda: bool(finished), timeout=TRAIN_TIMEOUT_MS)
     assert session.total_steps_done < 100_000
+
+
+def test_compile_checkbox_trains_through_torch_compile(viewer, widget, qtbot, monkeypatch):
+    """Ticking Compile in the Advanced panel: the status says it compiles first, the round runs compiled."""
+    import napari_sizeloss.compiled as compiled
+
+    monkeypatch.setattr(compiled, "DEFAULT_BACKEND", "aot_eager")  # the same tracing, without the C++ build
+    gt = viewer.layers["cine phantom ground truth"]
+    configure(widget, steps=2)
+    assert widget.settings.compile.isEnabled() and not widget.settings.compile.isChecked()
+    widget.settings.compile.setChecked(True)
+    add_dots(viewer, widget, gt, slices=((1, 0),))
+    set_bounds_from_truth(widget, gt)
+    assert widget.train()
+    assert "compiling" in widget.status.text()
+    wait_idle(qtbot, widget)
+    wrapper = widget.session._compiled
+    assert isinstance(wrapper, compiled.CompiledForward) and wrapper.compiled and wrapper.calls == 2
+    widget.settings.compile.setChecked(False)  # off again: the next round is eager
+    widget.train()
+    assert "compiling" not in widget.status.text()
+    wait_idle(qtbot, widget)
+    assert wrapper.calls == 2 and widget.session.total_steps_done == 4
+
+
+def test_compile_checkbox_is_disabled_without_a_compiler(viewer, monkeypatch):
+    import napari_sizeloss.compiled as compiled
+
+    monkeypatch.setattr(compiled, "_cpp_compiler", lambda: None)
+    widget = open_widget(viewer)
+    widget.settings.ensure_loaded()
+    box = widget.settings.compile
+    assert not box.isEnabled() and not box.isChecked()
+    assert "C++ compiler" in box.toolTip()
+    assert widget.settings.overrides()["compile"] is False

@@ -93,7 +93,11 @@ class TrainingMixin:
         self._ensure_prediction_layer()
         self.loss_plot.start_round()
         self._run(worker, "train")
-        self._message("training… (Stop ends it after the current step)", notify=False)
+        if request.config.get("compile"):
+            self._message("compiling the network, then training… (the first compile takes 1-2 minutes)",
+                          notify=False)
+        else:
+            self._message("training… (Stop ends it after the current step)", notify=False)
         return True
 
     @staticmethod
