@@ -5,11 +5,11 @@ in some 300 memory-bound elementwise operators (PReLU, batch norm, residual
 adds, dropout) between the convolutions (``scripts/step_profile.py``).
 TorchInductor fuses them into a few generated loops and keeps oneDNN's
 convolutions; on the 2-core development machine that roughly halves the step
-(``napari-sizeloss bench --compile``; figures in ``docs/benchmarks.md``).
+(1.5-1.9x in ``python scripts/compile_bench.py``; figures in ``docs/benchmarks.md``).
 
 The price is compile time, paid again for every new input shape: on 2 CPU
-cores about 100 s the first time for a training step and about 30 s for
-prediction, some 5-20 s once inductor's on-disk cache (``TORCHINDUCTOR_CACHE_DIR``,
+cores 80-110 s the first time for a training step and about 17 s for
+prediction, 3-11 s once inductor's on-disk cache (``TORCHINDUCTOR_CACHE_DIR``,
 by default under the system's temporary folder) holds the graphs. So it is
 off by default and meant for runs long enough to amortise it: ``reproduce``,
 long ``train`` runs and scripts that predict many volumes.

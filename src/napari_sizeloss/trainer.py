@@ -96,9 +96,9 @@ class TrainConfig:
     device : ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
     amp : mixed precision (and channels-last) on CUDA.
     compile : train through ``torch.compile`` (:mod:`napari_sizeloss.compiled`):
-        about twice the steps per second once compiled, but the first step
-        compiles (about 100 s on 2 CPU cores, seconds when cached), so only
-        long runs gain. Predictions stay eager.
+        1.5-1.9x the steps per second once compiled, but the first step
+        compiles (80-110 s on 2 CPU cores, 3-11 s when cached; again for a
+        new crop size), so only long runs gain. Predictions stay eager.
     threads : torch CPU threads (None: leave torch's setting).
     seed : seeds the sampler, the augmentation and the network's initialisation.
     preview_every : steps between live previews of the requested slice.
@@ -807,10 +807,10 @@ class Predictor:
     Each volume is normalised on its own (robust min-max), as in training.
 
     ``compile=True`` predicts through ``torch.compile`` (a batch-norm-folded
-    copy of the weights as they are at the first prediction): about 1.6x
-    faster per slice on 2 CPU cores once compiled, after a compile of about
-    30 s (seconds when cached) per in-plane shape; for scripts that predict
-    many volumes of one grid (:mod:`napari_sizeloss.compiled`).
+    copy of the weights as they are at the first prediction): 1.8-2x faster
+    per slice on 2 CPU cores once compiled, after a compile of about 17 s
+    (3 s when cached) per in-plane shape; for scripts that predict many
+    volumes of one grid (:mod:`napari_sizeloss.compiled`).
     """
 
     model: ENet
