@@ -156,8 +156,7 @@ class CompiledForward:
     alternating pairs of fresh processes on 2 cores).
 
     A call with an input it has not compiled for (shape, dtype, device,
-    grad mode) holds off full garbage collections while it and its backward
-    compile, until the next call or :meth:`release` (see
+    grad mode) holds off full garbage collections while it compiles (see
     :func:`_full_collections_paused`).
 
     If a compiled call raises and the eager call with the same input works,
@@ -174,7 +173,6 @@ class CompiledForward:
         self.failure: str | None = None
         self.calls = 0
         self._seen: set[tuple] = set()  # inputs already compiled for: (shape, dtype, device, grad mode)
-        self._paused: contextlib.AbstractContextManager | None = None
         self._compiled: Callable = torch.compile(model, backend=self.backend, options=options, dynamic=False)
 
     @property
@@ -182,37 +180,19 @@ class CompiledForward:
         """False once compiling has failed and calls go to the eager model."""
         return self.failure is None
 
-    def release(self) -> None:
-        """End a pause of full garbage collections begun by a compiling call (idempotent).
-
-        A call that compiles pauses them until the next call, because the
-        backward graph compiles during the first ``backward()``, after the
-        call has returned; the trainer releases at the end of a round.
-        """
-        if self._paused is not None:
-            paused, self._paused = self._paused, None
-            paused.__exit__(None, None, None)
-
-    def __del__(self) -> None:
-        self.release()
-
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         self.calls += 1
-        self.release()  # the previous call's backward, if any, has run by now
         if self.failure is not None:
             return self.model(x)
         key = (tuple(x.shape), x.dtype, x.device, torch.is_grad_enabled())
         try:
             if key in self._seen:
                 return self._compiled(x)
-            # this call compiles (and its backward will): keep long collections from holding the GIL
-            self._paused = _full_collections_paused()
-            self._paused.__enter__()
-            out = self._compiled(x)
+            with _full_collections_paused():  # this call compiles: keep the GIL from long collections
+                out = self._compiled(x)
             self._seen.add(key)
             return out
         except Exception as exc:
-            self.release()
             out = self.model(x)  # the eager model's own error, if any, propagates from here
             self.failure = _root_cause(exc)
             warnings.warn(

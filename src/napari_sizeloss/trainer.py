@@ -585,8 +585,6 @@ class TrainingSession:
             )
             self.history.append(last)
             yield last
-        if forward is not self.model:
-            forward.release()  # a compiling round's pause of full garbage collections ends with it
         stopped = self._stop.is_set()
         elapsed = time.perf_counter() - start
         dice = self.validation_dice() if self._ground_truth is not None else None
