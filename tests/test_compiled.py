@@ -283,24 +283,3 @@ def test_compile_can_be_switched_on_between_rounds(monkeypatch):
     session.config = dataclasses.replace(session.config, compile=False)
     list(session.run())
     assert wrapper.calls == 4  # eager again
-
-
-def test_full_garbage_collections_wait_while_a_call_compiles():
-    import gc
-
-    thresholds: list[tuple] = []
-
-    def recording_backend(gm, inputs):
-        thresholds.append(gc.get_threshold())
-        return gm.forward
-
-    before = gc.get_threshold()
-    fwd = CompiledForward(tiny_net().eval(), backend=recording_backend)
-    with torch.no_grad():
-        fwd(torch.randn(1, 1, 8, 8))
-        assert gc.get_threshold() == before  # restored after the compile
-        fwd(torch.randn(1, 1, 8, 8))  # same shape: nothing compiles
-        fwd(torch.randn(2, 1, 8, 8))  # a new shape compiles again, paused again
-    assert len(thresholds) == 2
-    assert all(t[:2] == before[:2] and t[2] >= 1 << 30 for t in thresholds), thresholds
-    assert gc.get_threshold() == before

@@ -25,12 +25,10 @@ Shapes: whatever the wrapped model takes; nothing here changes them.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import importlib.util
 import shutil
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -101,24 +99,6 @@ def require_compile(device: torch.device | str) -> None:
         raise CompileUnavailable(reason)
 
 
-@contextlib.contextmanager
-def _full_collections_paused() -> Iterator[None]:
-    """Hold off Python's full (generation-2) garbage collections; young ones go on.
-
-    Compiling allocates millions of objects; each automatic full collection
-    then walks them all while holding the GIL: 0.1-1.4 s each, 16 of them
-    in one cold compile of ENet on 2 cores, and napari's window froze for as
-    long. Paused, the longest gap of a 10 ms timer in another thread fell
-    from 0.95 s to 0.3 s. The thresholds are restored afterwards.
-    """
-    first, second, third = gc.get_threshold()
-    gc.set_threshold(first, second, max(third, 1 << 30))
-    try:
-        yield
-    finally:
-        gc.set_threshold(first, second, third)
-
-
 def _root_cause(exc: BaseException) -> str:
     """``"Type: first line"`` of the innermost cause (dynamo wraps a backend's error in its own)."""
     seen = {id(exc)}
@@ -155,10 +135,6 @@ class CompiledForward:
     compiled steps ran 66-74 ms instead of 60-62 (256x256, batch 1, three
     alternating pairs of fresh processes on 2 cores).
 
-    A call with an input it has not compiled for (shape, dtype, device,
-    grad mode) holds off full garbage collections while it compiles (see
-    :func:`_full_collections_paused`).
-
     If a compiled call raises and the eager call with the same input works,
     a :class:`CompileFallbackWarning` is issued once and every later call is
     eager; if the eager call raises too, its error propagates.
@@ -172,7 +148,6 @@ class CompiledForward:
         self.backend = DEFAULT_BACKEND if backend is None else backend
         self.failure: str | None = None
         self.calls = 0
-        self._seen: set[tuple] = set()  # inputs already compiled for: (shape, dtype, device, grad mode)
         self._compiled: Callable = torch.compile(model, backend=self.backend, options=options, dynamic=False)
 
     @property
@@ -184,14 +159,8 @@ class CompiledForward:
         self.calls += 1
         if self.failure is not None:
             return self.model(x)
-        key = (tuple(x.shape), x.dtype, x.device, torch.is_grad_enabled())
         try:
-            if key in self._seen:
-                return self._compiled(x)
-            with _full_collections_paused():  # this call compiles: keep the GIL from long collections
-                out = self._compiled(x)
-            self._seen.add(key)
-            return out
+            return self._compiled(x)
         except Exception as exc:
             out = self.model(x)  # the eager model's own error, if any, propagates from here
             self.failure = _root_cause(exc)
