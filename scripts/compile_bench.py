@@ -29,9 +29,8 @@ def _round(size: int, batch: int, blocks: int, steps: int, predict: bool) -> dic
     import numpy as np
     import torch
 
-    from napari_sizeloss.compiled import CompiledForward
+    from napari_sizeloss.compiled import CompiledForward, compiled_predictor
     from napari_sizeloss.device import make_adam
-    from napari_sizeloss.inference import fold_batch_norms
     from napari_sizeloss.losses import partial_cross_entropy, size_penalty
     from napari_sizeloss.network import ENet
     from napari_sizeloss.trainer import predict_volume
@@ -76,7 +75,7 @@ def _round(size: int, batch: int, blocks: int, steps: int, predict: bool) -> dic
         torch.manual_seed(0)
         model = ENet()
         image = np.random.default_rng(0).random((256, 256, 10, 25), dtype=np.float32)
-        fast = CompiledForward(fold_batch_norms(model))
+        fast = compiled_predictor(model)
         t0 = time.perf_counter()
         predict_volume(model, image[..., :1], normalisation="auto", forward=fast)
         out["predict_compile_s"] = time.perf_counter() - t0

@@ -129,10 +129,9 @@ def predict_cine_s(device, *, shape=(256, 256, 10, 25), repeats=3, box_side: int
         box = Box(x0, x0 + box_side, y0, y0 + box_side)
     forward = None
     if compile:
-        from .compiled import CompiledForward
-        from .inference import fold_batch_norms
+        from .compiled import compiled_predictor
 
-        forward = CompiledForward(fold_batch_norms(model))
+        forward = compiled_predictor(model)
     times = []
     t0 = time.perf_counter()
     predict_volume(model, image[..., :1], normalisation="auto", device=device, box=box, forward=forward)  # warm-up

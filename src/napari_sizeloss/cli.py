@@ -374,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paper", action="store_true", help="the paper's protocol (batch 1, whole slices, lr halved every 100 epochs)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--compile", action="store_true",
-                   help="train through torch.compile: about 2x faster steps after a first compile "
+                   help="train through torch.compile: 1.5-2x faster steps after a first compile "
                         "(about 100 s on 2 CPU cores, seconds when cached); for long runs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--gt", metavar="GT.nii.gz", help="ground truth for a validation Dice at the end")

@@ -18,7 +18,8 @@ On the CPU inductor needs a C++ compiler (``g++`` or ``$CXX``); on CUDA it
 needs Triton (shipped with torch's CUDA wheels). :func:`compile_unavailable_reason`
 says, before anything is compiled, why it cannot work here. If compiling
 still fails at the first call, :class:`CompiledForward` warns once and runs
-the eager model instead: the results are the same, only slower.
+the eager model instead: the same computation, only slower (compiled and
+eager runs differ by rounding, which grows over many training steps).
 
 Shapes: whatever the wrapped model takes; nothing here changes them.
 """
@@ -40,6 +41,7 @@ __all__ = [
     "DEFAULT_BACKEND",
     "compile_unavailable_reason",
     "require_compile",
+    "compiled_predictor",
 ]
 
 
@@ -170,3 +172,15 @@ class CompiledForward:
                 stacklevel=2,
             )
             return out
+
+
+def compiled_predictor(model: nn.Module) -> CompiledForward:
+    """A compiled copy of ``model`` for prediction: batch norms folded (:func:`~napari_sizeloss.inference.fold_batch_norms`).
+
+    The copy holds the weights as they are now; ``model`` is left as it was.
+    Pass it as ``forward`` to :func:`~napari_sizeloss.trainer.predict_volume`,
+    which then feeds it one batch shape per in-plane size.
+    """
+    from .inference import fold_batch_norms
+
+    return CompiledForward(fold_batch_norms(model))

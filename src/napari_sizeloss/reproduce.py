@@ -875,7 +875,7 @@ def add_reproduce_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
     p.add_argument("--seed", type=int, default=0, help="split, initial weights, data order, phantoms")
     p.add_argument("--compile", action="store_true",
-                   help="train through torch.compile: about 2x faster steps after a compile per method "
+                   help="train through torch.compile: 1.5-2x faster steps after a compile per method "
                         "(about 100 s on 2 CPU cores, seconds when cached); the same computation, rounded differently")
     p.add_argument(
         "--budget", choices=list(BUDGETS), default=DEFAULT_BUDGET,

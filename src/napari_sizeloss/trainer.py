@@ -862,10 +862,9 @@ class Predictor:
         forward = None
         if self.compile:
             if self._compiled is None:
-                from .compiled import CompiledForward
-                from .inference import fold_batch_norms
+                from .compiled import compiled_predictor
 
-                self._compiled = CompiledForward(fold_batch_norms(self.model))
+                self._compiled = compiled_predictor(self.model)
             forward = self._compiled
         return predict_volume(self.model, image, normalisation="auto", device=self.device, box=box, forward=forward)
 

@@ -119,6 +119,7 @@ class AdvancedSettings(QCollapsible):
         """Fill in the defaults of ``TrainConfig.interactive()`` and the available devices (imports torch)."""
         if self._loaded:
             return
+        from ..compiled import compile_unavailable_reason
         from ..device import available_devices
         from ..trainer import TrainConfig
 
@@ -134,18 +135,17 @@ class AdvancedSettings(QCollapsible):
         self.augment.setChecked(bool(cfg.augment))
         self.preview_every.setValue(int(cfg.preview_every or 10))
         self.compile.setChecked(bool(cfg.compile))
-        from ..compiled import compile_unavailable_reason
-
+        devices = [str(d) for d in available_devices()]
         reason = compile_unavailable_reason("cpu")  # the CUDA case is checked when training starts
-        if reason is not None and not any(str(d).startswith("cuda") for d in available_devices()):
+        if reason is not None and not any(d.startswith("cuda") for d in devices):
             self.compile.setChecked(False)
             self.compile.setEnabled(False)
             self.compile.setToolTip(reason.replace("drop --compile", "unavailable here"))
         self.device.clear()
         self.device.addItem("auto")
-        for name in available_devices():
+        for name in devices:
             if name != "auto":
-                self.device.addItem(str(name))
+                self.device.addItem(name)
         self._loaded = True
 
     @property
