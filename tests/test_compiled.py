@@ -283,3 +283,116 @@ def test_compile_can_be_switched_on_between_rounds(monkeypatch):
     session.config = dataclasses.replace(session.config, compile=False)
     list(session.run())
     assert wrapper.calls == 4  # eager again
+
+
+# ----------------------------------------------------------- compile ahead
+class TinyConfigNet(nn.Module):
+    """A small network rebuildable from ``config`` (as ENet), for the child process of compile_ahead."""
+
+    def __init__(self, width: int = 3) -> None:
+        super().__init__()
+        self._config = {"width": width}
+        self.body = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), PReLU(width),
+                                  nn.Conv2d(width, 2, 1))
+
+    @property
+    def config(self) -> dict:
+        return dict(self._config)
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def test_compile_ahead_fills_the_cache_that_this_process_then_loads(tmp_path, monkeypatch):
+    if compile_unavailable_reason("cpu"):
+        pytest.skip(compile_unavailable_reason("cpu"))
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    model = TinyConfigNet(width=5).train()
+    seconds = compiled.compile_ahead(model, (2, 1, 12, 16))
+    assert seconds > 0 and any((tmp_path / "inductor").rglob("*.py"))
+    assert compiled.compile_ahead(model, (2, 1, 12, 16)) == 0.0  # marker: not compiled ahead twice
+    counters.clear()
+    forward = CompiledForward(model)
+    forward(torch.rand(2, 1, 12, 16)).sum().backward()
+    assert forward.compiled
+    # forward and backward graphs come from the child's cache; nothing generated here
+    assert counters["inductor"]["fxgraph_cache_hit"] >= 2
+    assert counters["inductor"]["fxgraph_cache_miss"] == 0
+
+
+def test_compile_ahead_is_refused_in_one_line_where_it_cannot_work(monkeypatch):
+    with pytest.raises(compiled.CompileAheadError, match="no config"):
+        compiled.compile_ahead(tiny_net(), (1, 1, 8, 8))
+    with pytest.raises(compiled.CompileAheadError, match="by name"):
+        compiled.compile_ahead(TinyConfigNet(), (1, 1, 8, 8), backend=lambda gm, inputs: gm)
+    with pytest.raises(compiled.CompileAheadError) as err:
+        compiled.compile_ahead(TinyConfigNet(), (1, 1, 8, 8), backend="no_such_backend")
+    message = str(err.value)
+    assert "child process failed" in message and "no_such_backend" in message and "\n" not in message
+
+
+def test_compile_ahead_cancel_kills_the_child():
+    polls = []
+
+    def cancel() -> bool:
+        polls.append(1)
+        return True
+
+    assert compiled.compile_ahead(TinyConfigNet(), (1, 1, 8, 8), backend="aot_eager", cancel=cancel) is None
+    assert len(polls) == 1
+
+
+def _ahead_session(monkeypatch, fake, **config):
+    monkeypatch.setattr(compiled, "DEFAULT_BACKEND", "eager")  # dynamo only: the wiring, in seconds
+    monkeypatch.setattr(compiled, "compile_ahead", fake)
+    image, seeds, _ = disc_volume()
+    base = dict(steps=2, batch_size=2, crop=32, device="cpu", preview_every=0, compile=True, compile_ahead=True)
+    base.update(config)
+    from napari_sizeloss.trainer import TrainingSession
+
+    return TrainingSession(image, seeds, SizeBounds(20, 300), config=TrainConfig.interactive(**base))
+
+
+def test_a_session_compiles_each_new_batch_shape_ahead_once(monkeypatch):
+    calls = []
+    session = _ahead_session(monkeypatch, lambda model, shape, **kw: calls.append((model, shape, kw)) or 1.0)
+    list(session.run())
+    assert len(calls) == 1
+    model, shape, kw = calls[0]
+    assert model is session.model and shape == (2, 1, *session.roi.shape) and kw["backend"] == "eager"
+    assert session._compiled.shapes == {shape}  # the steps then ran with exactly that shape
+    list(session.run())
+    assert len(calls) == 1  # this shape is compiled in-process already
+    session.config = dataclasses.replace(session.config, batch_size=3)
+    list(session.run())
+    assert [c[1][0] for c in calls] == [2, 3]
+
+
+def test_stop_during_compile_ahead_ends_the_round_without_a_step(monkeypatch):
+    import threading
+    import time
+
+    def slow_child(model, shape, cancel, **kw):
+        deadline = time.monotonic() + 30
+        while not cancel():
+            assert time.monotonic() < deadline, "cancel never came"
+            time.sleep(0.01)
+        return None
+
+    session = _ahead_session(monkeypatch, slow_child)
+    threading.Timer(0.2, session.stop).start()
+    events = list(session.run())
+    assert len(events) == 1 and events[0].stopped and events[0].step == 0
+    assert session._compiled.calls == 0  # nothing compiled in this process
+
+
+def test_a_failed_compile_ahead_warns_and_trains_anyway(monkeypatch):
+    def failing(model, shape, **kw):
+        raise compiled.CompileAheadError("compiling in a child process failed: boom")
+
+    session = _ahead_session(monkeypatch, failing)
+    with pytest.warns(RuntimeWarning, match="boom; compiling in this process instead"):
+        events = list(session.run())
+    assert events[-1].step == 2 and not events[-1].stopped and session._compiled.calls == 2

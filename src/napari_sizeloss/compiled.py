@@ -21,15 +21,26 @@ still fails at the first call, :class:`CompiledForward` warns once and runs
 the eager model instead: the same computation, only slower (compiled and
 eager runs differ by rounding, which grows over many training steps).
 
+In a GUI, :func:`compile_ahead` compiles in a child process first: a compile
+in napari's own process holds the interpreter lock for minutes and its
+garbage collections freeze the window for up to a second at a time; loaded
+from the cache the child filled, the in-process part takes seconds.
+
 Shapes: whatever the wrapped model takes; nothing here changes them.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import shutil
+import subprocess
+import sys
+import tempfile
+import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -42,6 +53,8 @@ __all__ = [
     "compile_unavailable_reason",
     "require_compile",
     "compiled_predictor",
+    "CompileAheadError",
+    "compile_ahead",
 ]
 
 
@@ -55,6 +68,10 @@ class CompileUnavailable(RuntimeError):
 
 class CompileFallbackWarning(RuntimeWarning):
     """Compiling failed at run time; the eager model was used instead."""
+
+
+class CompileAheadError(RuntimeError):
+    """:func:`compile_ahead` could not compile in a child process (the message says why)."""
 
 
 def _cpp_compiler() -> str | None:
@@ -150,6 +167,7 @@ class CompiledForward:
         self.backend = DEFAULT_BACKEND if backend is None else backend
         self.failure: str | None = None
         self.calls = 0
+        self.shapes: set[tuple[int, ...]] = set()  # input shapes called with (each compiled once)
         self._compiled: Callable = torch.compile(model, backend=self.backend, options=options, dynamic=False)
 
     @property
@@ -159,6 +177,7 @@ class CompiledForward:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         self.calls += 1
+        self.shapes.add(tuple(x.shape))
         if self.failure is not None:
             return self.model(x)
         try:
@@ -184,3 +203,133 @@ def compiled_predictor(model: nn.Module) -> CompiledForward:
     from .inference import fold_batch_norms
 
     return CompiledForward(fold_batch_norms(model))
+
+
+def compile_ahead(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    *,
+    backend: str | None = None,
+    grad: bool = True,
+    cancel: Callable[[], bool] | None = None,
+) -> float | None:
+    """Compile ``model`` for inputs of ``input_shape`` in a child Python process; returns its seconds.
+
+    The child builds the same architecture (``type(model)(**model.config)``,
+    in ``model``'s training mode, float32 on the CPU), runs one compiled
+    forward pass (and, with ``grad``, a backward pass) on zeros of
+    ``input_shape`` and exits. That fills inductor's on-disk cache, so the
+    first compiled call of ``model`` itself then loads the kernels instead of
+    generating them: seconds instead of 1-2 minutes spent in this process,
+    where the compile holds the interpreter lock and, in napari, freezes the
+    window for up to a second at a time (its garbage collections run over
+    millions of compile objects). Weights do not matter: they are inputs of
+    the compiled graphs.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Must have a ``config`` dict of constructor keyword arguments (as
+        :class:`~napari_sizeloss.network.ENet`) and live on the CPU.
+    input_shape : (B, C, H, W)
+        The shape the caller will call the compiled model with.
+    backend : str, optional
+        ``torch.compile`` backend name; None: :data:`DEFAULT_BACKEND`.
+    grad : bool
+        Compile the backward pass too (training).
+    cancel : callable, optional
+        Polled every 0.1 s; when it returns True the child is killed and
+        None is returned.
+
+    Returns
+    -------
+    float or None
+        The child's seconds; 0.0 when it was skipped because this
+        architecture, shape and torch compiled ahead before into the same
+        inductor cache (a marker file there says so); None when cancelled.
+
+    Raises
+    ------
+    CompileAheadError
+        The model cannot be rebuilt in a child, or the child failed (one line).
+    """
+    backend = DEFAULT_BACKEND if backend is None else backend
+    config = getattr(model, "config", None)
+    if not isinstance(config, dict):
+        raise CompileAheadError(f"{type(model).__name__} has no config to rebuild it in a child process")
+    if not isinstance(backend, str):
+        raise CompileAheadError("a child process can only use a backend given by name")
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        raise CompileAheadError("compiling ahead is for models on the CPU")
+    spec = {
+        "factory": f"{type(model).__module__}:{type(model).__qualname__}",
+        "config": config,
+        "shape": [int(n) for n in input_shape],
+        "training": bool(model.training),
+        "grad": bool(grad),
+        "backend": backend,
+        "threads": torch.get_num_threads(),
+    }
+    marker = _ahead_marker(spec)
+    if marker is not None and marker.exists():
+        return 0.0  # compiled ahead before with this torch: inductor's cache holds it
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)  # the modules this process imports
+    if marker is not None:
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(marker.parent.parent)
+    start = time.perf_counter()
+    with tempfile.TemporaryFile(mode="w+") as log:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "napari_sizeloss._compile_child", json.dumps(spec)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+        )
+        try:
+            while child.poll() is None:
+                if cancel is not None and cancel():
+                    child.kill()
+                    child.wait()
+                    return None
+                try:
+                    child.wait(timeout=0.1)
+                except subprocess.TimeoutExpired:
+                    pass
+        except BaseException:
+            child.kill()
+            child.wait()
+            raise
+        if child.returncode != 0:
+            log.seek(0)
+            lines = [line.strip() for line in log.read().splitlines() if line.strip()]
+            reason = lines[-1] if lines else f"exit status {child.returncode}"
+            raise CompileAheadError(f"compiling in a child process failed: {reason[:300]}")
+    if marker is not None:
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(json.dumps(spec))
+        except OSError:
+            pass  # no marker: the next call compiles ahead again (from the cache: seconds)
+    return time.perf_counter() - start
+
+
+def _ahead_marker(spec: dict):
+    """``<inductor cache>/napari-sizeloss-ahead/<hash>.json``: written once ``spec`` was compiled ahead.
+
+    The hash covers the spec, torch's and Python's versions and the machine's
+    architecture; the marker lives inside inductor's cache folder, so
+    clearing that cache clears it too. None when inductor's cache folder is
+    unknown (the child then always runs).
+    """
+    import hashlib
+    import platform
+    from pathlib import Path
+
+    if spec["backend"] != "inductor":
+        return None  # other backends keep no on-disk cache
+    try:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+        root = Path(cache_dir())
+    except Exception:  # private API moved, or the folder cannot be made
+        return None
+    key = json.dumps([spec, torch.__version__, sys.version, platform.machine()], sort_keys=True)
+    return root / "napari-sizeloss-ahead" / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")

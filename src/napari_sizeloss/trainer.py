@@ -32,6 +32,7 @@ import dataclasses
 import math
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
@@ -99,6 +100,11 @@ class TrainConfig:
         1.5-1.9x the steps per second once compiled, but the first step
         compiles (80-110 s on 2 CPU cores, 3-11 s when cached; again for a
         new crop size), so only long runs gain. Predictions stay eager.
+    compile_ahead : with ``compile`` on the CPU, compile each new batch shape
+        first in a child process (:func:`~napari_sizeloss.compiled.compile_ahead`),
+        then load it here from inductor's cache: the training process stays
+        responsive (the widget's setting) and :meth:`TrainingSession.stop`
+        ends the wait at once; the whole takes a few seconds longer.
     threads : torch CPU threads (None: leave torch's setting).
     seed : seeds the sampler, the augmentation and the network's initialisation.
     preview_every : steps between live previews of the requested slice.
@@ -124,6 +130,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True
     compile: bool = False
+    compile_ahead: bool = False
     threads: int | None = None
     seed: int = 0
     preview_every: int = 10
@@ -513,6 +520,8 @@ class TrainingSession:
         model, opt = self.model, self.optimizer
         model.train()
         forward = self._training_forward()
+        if cfg.compile and cfg.compile_ahead:
+            self._compile_ahead(forward)
         start = time.perf_counter()
         step = 0
         last = None
@@ -621,6 +630,23 @@ class TrainingSession:
             require_compile(self.device)
             self._compiled = CompiledForward(self.model)
         return self._compiled
+
+    def _compile_ahead(self, forward) -> None:
+        """Compile this round's batch shape in a child process unless ``forward`` has it already.
+
+        Only on the CPU. A failure is a warning: the first step then
+        compiles here, as without ``compile_ahead``. :meth:`stop` kills the
+        child (the round then ends without a step).
+        """
+        from .compiled import CompileAheadError, compile_ahead
+
+        shape = (self.config.batch_size, 1, *self.roi.shape)
+        if self.device.type != "cpu" or shape in forward.shapes or not forward.compiled:
+            return
+        try:
+            compile_ahead(self.model, shape, backend=forward.backend, cancel=self._stop.is_set)
+        except CompileAheadError as exc:
+            warnings.warn(f"{exc}; compiling in this process instead", RuntimeWarning, stacklevel=2)
 
     # ---------------------------------------------------------- prediction
     def _preview(self) -> Preview | None:
