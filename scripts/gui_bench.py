@@ -82,6 +82,10 @@ class StallMeter:
         inside = [g for g, e in zip(self.gaps, self.ends) if start < e <= end]
         return max(inside) if inside else float("nan")
 
+    def count(self, over_ms: float, start: float = float("-inf"), end: float = float("inf")) -> int:
+        """How many gaps longer than ``over_ms`` ended in ``(start, end]``."""
+        return sum(1 for g, e in zip(self.gaps, self.ends) if start < e <= end and g > over_ms)
+
     def stop(self) -> None:
         self.timer.stop()
 
@@ -94,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true",
                         help="tick the widget's Compile box (the plain rounds compile too); the first press "
                              "then includes the compile, and its stalls are those while compiling")
+    parser.add_argument("--compile-here", action="store_true",
+                        help="with --compile: compile in napari's process, not first in a child process "
+                             "(the widget's way), to compare the two")
     args = parser.parse_args(argv)
     os.environ.setdefault("NAPARI_SIZELOSS_DATA_DIR", tempfile.mkdtemp(prefix="napari-sizeloss-bench-"))
 
@@ -134,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         if not widget.settings.compile.isEnabled():
             raise SystemExit(f"error: {widget.settings.compile.toolTip()}")
         widget.settings.compile.setChecked(True)
+        if args.compile_here:
+            overrides = widget.settings.overrides
+            widget.settings.overrides = lambda: {**overrides(), "compile_ahead": False}
 
     meter = StallMeter()
 
@@ -185,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     # the first press also makes the prediction layer (napari builds its visual): timed apart
     _, _, first_press_stall = train_round(2)
     first_press_to_step = marks.get("first_step", float("nan")) - marks["press"]
+    first_press_stalls = meter.count(100.0, end=marks.get("first_step", float("inf")))
     # GUI and plain rounds alternate, so drift in the machine's speed hits both alike
     gui_rates, cli_rates, stalls, edge_stalls = [], [], [], []
     for _ in range(args.repeats):
@@ -208,7 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         "round_start_end_stall_ms": round(statistics.median(edge_stalls), 1),
         "first_train_press_stall_ms": round(first_press_stall, 1),
         "first_train_press_to_first_step_s": round(first_press_to_step, 2),
+        "first_train_press_stalls_over_100ms": first_press_stalls,
         "compile": bool(args.compile),
+        "compile_ahead": bool(args.compile and not args.compile_here),
     }
     print(f"training in the widget's worker: {gui:.1f} images/s (median of {args.repeats} rounds of {args.steps} steps)")
     print(f"same training without a GUI:     {cli:.1f} images/s")
@@ -217,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"longest stall at the start or end of a round (snapshot, whole-volume update): {result['round_start_end_stall_ms']} ms (median)")
     what = "compiles the network and " if args.compile else ""
     print(f"first Train press ({what}napari creates the prediction layer): longest stall {first_press_stall:.0f} ms, "
-          f"{first_press_to_step:.1f} s to the first step")
+          f"{first_press_to_step:.1f} s to the first step, {first_press_stalls} stalls over 100 ms until then")
     if args.json:
         print(json.dumps(result))
     return 0

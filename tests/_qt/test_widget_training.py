@@ -266,7 +266,7 @@ def test_closing_the_viewer_stops_training(make_napari_viewer, small_phantom, qt
 
 
 def test_compile_checkbox_trains_through_torch_compile(viewer, widget, qtbot, monkeypatch):
-    """Ticking Compile in the Advanced panel: the status says it compiles first, the round runs compiled."""
+    """Ticking Compile in the Advanced panel: the status says it compiles first (in a child process), the round runs compiled."""
     import napari_sizeloss.compiled as compiled
 
     monkeypatch.setattr(compiled, "DEFAULT_BACKEND", "aot_eager")  # the same tracing, without the C++ build
@@ -277,10 +277,12 @@ def test_compile_checkbox_trains_through_torch_compile(viewer, widget, qtbot, mo
     add_dots(viewer, widget, gt, slices=((1, 0),))
     set_bounds_from_truth(widget, gt)
     assert widget.train()
-    assert "compiling" in widget.status.text()
+    assert "compiling" in widget.status.text() and "Stop cancels" in widget.status.text()
     wait_idle(qtbot, widget)
     wrapper = widget.session._compiled
     assert isinstance(wrapper, compiled.CompiledForward) and wrapper.compiled and wrapper.calls == 2
+    # the widget compiles in a child process first (the window stays responsive), then here
+    assert widget.session.config.compile_ahead
     widget.settings.compile.setChecked(False)  # off again: the next round is eager
     widget.train()
     assert "compiling" not in widget.status.text()

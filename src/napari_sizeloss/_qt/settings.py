@@ -97,8 +97,9 @@ class AdvancedSettings(QCollapsible):
         self.compile = QCheckBox("torch.compile (slow first round)")
         self.compile.setToolTip(
             "Compile the network: about 1.5-2x faster steps, but the first round waits 1-2 minutes on a "
-            "laptop CPU while it compiles (seconds when cached), and again for a new crop size. "
-            "Worth it for long budgets; Stop takes effect after the compile."
+            "laptop CPU while a background process compiles it (seconds when cached), and again for a new "
+            "crop size; loading the compiled network can pause the window for a fraction of a second. "
+            "Worth it for long budgets; Stop cancels the compile."
         )
         form.addRow("Compile", self.compile)
 
@@ -169,6 +170,7 @@ class AdvancedSettings(QCollapsible):
             "augment": bool(self.augment.isChecked()),
             "preview_every": int(self.preview_every.value()),
             "compile": bool(self.compile.isChecked()),
+            "compile_ahead": True,  # compile in a child process: the window stays responsive
         }
 
     def _on_toggled(self, expanded: bool) -> None:

@@ -94,8 +94,8 @@ class TrainingMixin:
         self.loss_plot.start_round()
         self._run(worker, "train")
         if request.config.get("compile"):
-            self._message("compiling the network, then training… (the first compile takes 1-2 minutes)",
-                          notify=False)
+            self._message("compiling the network in a background process, then training… "
+                          "(1-2 minutes the first time for this crop size; Stop cancels)", notify=False)
         else:
             self._message("training… (Stop ends it after the current step)", notify=False)
         return True
