@@ -396,3 +396,23 @@ def test_a_failed_compile_ahead_warns_and_trains_anyway(monkeypatch):
     with pytest.warns(RuntimeWarning, match="boom; compiling in this process instead"):
         events = list(session.run())
     assert events[-1].step == 2 and not events[-1].stopped and session._compiled.calls == 2
+
+
+def test_compile_ahead_child_exits_when_its_parent_is_gone():
+    """napari closed mid-compile: the child stops instead of compiling on for minutes."""
+    import json
+    import subprocess
+    import sys
+
+    spec = {"factory": "napari_sizeloss.network:ENet", "config": ENet().config, "shape": [2, 1, 32, 32],
+            "training": True, "grad": True, "backend": "aot_eager", "threads": 1,
+            "parent": 999_999_999}  # not this child's parent: as if its parent had died
+    done = subprocess.run([sys.executable, "-m", "napari_sizeloss._compile_child", json.dumps(spec)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 3, done.stderr  # 0 would mean it compiled to the end
+
+
+def test_compile_ahead_without_a_usable_interpreter_is_one_line(monkeypatch, tmp_path):
+    monkeypatch.setattr(compiled.sys, "executable", str(tmp_path / "no-python"))
+    with pytest.raises(compiled.CompileAheadError, match="cannot start a child Python"):
+        compiled.compile_ahead(TinyConfigNet(), (1, 1, 8, 8), backend="aot_eager")

@@ -269,6 +269,7 @@ def compile_ahead(
         "grad": bool(grad),
         "backend": backend,
         "threads": torch.get_num_threads(),
+        "parent": os.getpid(),
     }
     marker = _ahead_marker(spec)
     if marker is not None and marker.exists():
@@ -279,10 +280,13 @@ def compile_ahead(
         env["TORCHINDUCTOR_CACHE_DIR"] = str(marker.parent.parent)
     start = time.perf_counter()
     with tempfile.TemporaryFile(mode="w+") as log:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "napari_sizeloss._compile_child", json.dumps(spec)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-        )
+        try:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "napari_sizeloss._compile_child", json.dumps(spec)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+            )
+        except (OSError, ValueError) as exc:  # no usable interpreter (an embedded Python, say)
+            raise CompileAheadError(f"cannot start a child Python ({sys.executable!r}): {exc}") from exc
         try:
             while child.poll() is None:
                 if cancel is not None and cancel():
@@ -331,5 +335,6 @@ def _ahead_marker(spec: dict):
         root = Path(cache_dir())
     except Exception:  # private API moved, or the folder cannot be made
         return None
+    spec = {k: v for k, v in spec.items() if k != "parent"}
     key = json.dumps([spec, torch.__version__, sys.version, platform.machine()], sort_keys=True)
     return root / "napari-sizeloss-ahead" / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
