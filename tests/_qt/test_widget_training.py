@@ -290,6 +290,40 @@ def test_compile_checkbox_trains_through_torch_compile(viewer, widget, qtbot, mo
     assert wrapper.calls == 2 and widget.session.total_steps_done == 4
 
 
+def test_stop_during_the_compile_cancels_it_and_keeps_the_shown_prediction(viewer, widget, qtbot, monkeypatch):
+    """Stop while the child process compiles: the round ends at once, and no untrained prediction replaces anything."""
+    import time
+
+    import napari_sizeloss.compiled as compiled
+
+    waited = []
+
+    def slow_compile_ahead(model, shape, cancel, **kw):
+        start = time.monotonic()
+        while not cancel():
+            assert time.monotonic() - start < 60, "Stop never reached the compile"
+            time.sleep(0.01)
+        waited.append(time.monotonic() - start)
+        return None
+
+    monkeypatch.setattr(compiled, "compile_ahead", slow_compile_ahead)
+    gt = viewer.layers["cine phantom ground truth"]
+    configure(widget, steps=2)
+    widget.settings.compile.setChecked(True)
+    add_dots(viewer, widget, gt, slices=((1, 0),))
+    set_bounds_from_truth(widget, gt)
+    assert widget.train()
+    qtbot.waitUntil(lambda: widget.session is not None, timeout=TRAIN_TIMEOUT_MS)
+    widget.stop_button.click()
+    wait_idle(qtbot, widget)
+    assert len(waited) == 1
+    assert widget.session.total_steps_done == 0 and widget.session._compiled.calls == 0
+    assert widget.progress.format().startswith("stopped: 0 steps") and "predicting" not in widget.progress.format()
+    assert "before the first step" in widget.status.text()
+    # nothing was predicted: the prediction layer holds no untrained network's mask
+    assert widget.tracker is None or not widget.tracker.has_prediction
+
+
 def test_compile_checkbox_is_disabled_without_a_compiler(viewer, monkeypatch):
     import napari_sizeloss.compiled as compiled
 

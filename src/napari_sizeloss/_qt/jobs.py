@@ -109,7 +109,9 @@ def training_job(request: TrainRequest, session=None) -> Iterator[Any]:
     ProgressEvent
         One per step, then the DONE event (``stopped=True`` after Stop).
     VolumePrediction
-        Last: the whole volume predicted with the final weights.
+        Last: the whole volume predicted with the final weights; not when
+        the round was stopped before its first step (say, during a compile):
+        the weights did not change, so the shown prediction still holds.
 
     A session that exists and runs on the requested device keeps its weights
     and optimiser and gets the new supervision and settings; otherwise a new
@@ -153,8 +155,12 @@ def training_job(request: TrainRequest, session=None) -> Iterator[Any]:
                 Path(carried).unlink(missing_ok=True)
     yield SessionReady(session=session, resumed=resumed)
     session.request_preview(*request.preview)
+    done = None
     for event in session.run():
+        done = event
         yield event
+    if done is not None and done.step == 0:
+        return  # no step taken: an untrained network's prediction would only replace the shown one
     yield session_prediction(session)
 
 

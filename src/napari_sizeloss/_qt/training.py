@@ -165,8 +165,9 @@ class TrainingMixin:
             self._last_round.update(steps=steps, images_per_s=event.images_per_s, elapsed_s=event.elapsed_s)
             verb = "stopped" if event.stopped else "done"
             self.progress.setValue(self.progress.maximum() if not event.stopped else self.progress.value())
+            predicting = " · predicting volume…" if steps else ""  # no step: nothing new to predict
             self.progress.setFormat(
-                f"{verb}: {steps} steps in {format_seconds(event.elapsed_s)} · {event.images_per_s:.1f} img/s · predicting volume…"
+                f"{verb}: {steps} steps in {format_seconds(event.elapsed_s)} · {event.images_per_s:.1f} img/s{predicting}"
             )
             return
         # The bar is redrawn at most every PROGRESS_MS: QProgressBar repaints
@@ -234,6 +235,9 @@ class TrainingMixin:
             self._update_model_info()
             if steps and not failed:
                 self._message(f"trained {steps} steps; edit the prediction and press Use corrections, or Export masks", "success", notify=False)
+            elif not failed:
+                self._message("stopped before the first step: the network and its prediction are unchanged",
+                              notify=False)
         elif job == "predict":
             self.progress.setFormat("prediction done")
         self._update_buttons()
