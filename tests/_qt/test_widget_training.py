@@ -278,6 +278,7 @@ def test_compile_checkbox_trains_through_torch_compile(viewer, widget, qtbot, mo
     set_bounds_from_truth(widget, gt)
     assert widget.train()
     assert "compiling" in widget.status.text() and "Stop cancels" in widget.status.text()
+    assert widget.progress.format() == "compiling…"  # not "starting…" for minutes
     wait_idle(qtbot, widget)
     wrapper = widget.session._compiled
     assert isinstance(wrapper, compiled.CompiledForward) and wrapper.compiled and wrapper.calls == 2

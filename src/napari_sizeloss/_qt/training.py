@@ -94,6 +94,7 @@ class TrainingMixin:
         self.loss_plot.start_round()
         self._run(worker, "train")
         if request.config.get("compile"):
+            self.progress.setFormat("compiling…")  # until the first step (minutes when not cached)
             self._message("compiling the network in a background process, then training… "
                           "(1-2 minutes the first time for this crop size; Stop cancels)", notify=False)
         else:
