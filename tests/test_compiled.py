@@ -327,6 +327,10 @@ def test_compile_ahead_is_refused_in_one_line_where_it_cannot_work(monkeypatch):
         compiled.compile_ahead(tiny_net(), (1, 1, 8, 8))
     with pytest.raises(compiled.CompileAheadError, match="by name"):
         compiled.compile_ahead(TinyConfigNet(), (1, 1, 8, 8), backend=lambda gm, inputs: gm)
+    odd = TinyConfigNet()
+    odd._config = {"width": object()}
+    with pytest.raises(compiled.CompileAheadError, match="cannot be passed"):
+        compiled.compile_ahead(odd, (1, 1, 8, 8))
     with pytest.raises(compiled.CompileAheadError) as err:
         compiled.compile_ahead(TinyConfigNet(), (1, 1, 8, 8), backend="no_such_backend")
     message = str(err.value)

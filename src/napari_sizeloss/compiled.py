@@ -271,6 +271,10 @@ def compile_ahead(
         "threads": torch.get_num_threads(),
         "parent": os.getpid(),
     }
+    try:
+        payload = json.dumps(spec)
+    except (TypeError, ValueError) as exc:
+        raise CompileAheadError(f"{type(model).__name__}'s config cannot be passed to a child process: {exc}") from exc
     marker = _ahead_marker(spec)
     if marker is not None and marker.exists():
         return 0.0  # compiled ahead before with this torch: inductor's cache holds it
@@ -282,7 +286,7 @@ def compile_ahead(
     with tempfile.TemporaryFile(mode="w+") as log:
         try:
             child = subprocess.Popen(
-                [sys.executable, "-m", "napari_sizeloss._compile_child", json.dumps(spec)],
+                [sys.executable, "-m", "napari_sizeloss._compile_child", payload],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
             )
         except (OSError, ValueError) as exc:  # no usable interpreter (an embedded Python, say)
@@ -309,7 +313,7 @@ def compile_ahead(
     if marker is not None:
         try:
             marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text(json.dumps(spec))
+            marker.write_text(payload)
         except OSError:
             pass  # no marker: the next call compiles ahead again (from the cache: seconds)
     return time.perf_counter() - start

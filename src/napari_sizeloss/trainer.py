@@ -104,7 +104,9 @@ class TrainConfig:
         first in a child process (:func:`~napari_sizeloss.compiled.compile_ahead`),
         then load it here from inductor's cache: the training process stays
         responsive (the widget's setting) and :meth:`TrainingSession.stop`
-        ends the wait at once; the whole takes a few seconds longer.
+        ends the wait at once. A cold compile then takes about 10 s longer in
+        all; a shape compiled ahead before (a marker in inductor's cache
+        folder) skips the child.
     threads : torch CPU threads (None: leave torch's setting).
     seed : seeds the sampler, the augmentation and the network's initialisation.
     preview_every : steps between live previews of the requested slice.
