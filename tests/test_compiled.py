@@ -420,3 +420,54 @@ def test_compile_ahead_without_a_usable_interpreter_is_one_line(monkeypatch, tmp
     monkeypatch.setattr(compiled.sys, "executable", str(tmp_path / "no-python"))
     with pytest.raises(compiled.CompileAheadError, match="cannot start a child Python"):
         compiled.compile_ahead(TinyConfigNet(), (1, 1, 8, 8), backend="aot_eager")
+
+
+def test_collect_new_objects_only_scans_the_new_and_loses_nothing():
+    import gc
+    import weakref
+
+    class Node:
+        pass
+
+    def cycle():
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+        return a
+
+    old = cycle()
+    old_ref = weakref.ref(old)
+    gc.collect()
+    with compiled.collect_new_objects_only():
+        assert gc.get_freeze_count() > 0
+        del old
+        gc.collect()
+        assert old_ref() is not None  # garbage from before waits: the collector does not scan it here
+        new = cycle()
+        new_ref = weakref.ref(new)
+        del new
+        gc.collect()
+        assert new_ref() is None  # garbage made inside is collected inside
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert old_ref() is None  # and the earlier garbage after the block: nothing leaks
+
+
+def test_a_session_loads_each_new_compiled_shape_with_collections_of_new_objects_only(monkeypatch):
+    import contextlib
+
+    entered = []
+
+    @contextlib.contextmanager
+    def recording():
+        entered.append(1)
+        yield
+
+    monkeypatch.setattr(compiled, "collect_new_objects_only", recording)
+    session = _ahead_session(monkeypatch, lambda model, shape, **kw: 1.0, steps=3)
+    list(session.run())
+    assert len(entered) == 1  # the first step (compiles or loads), not the two after it
+    list(session.run())
+    assert len(entered) == 1
+    session.config = dataclasses.replace(session.config, compile_ahead=False, batch_size=3)
+    list(session.run())
+    assert len(entered) == 1  # only with compile_ahead (the widget's way)

@@ -28,6 +28,7 @@ Loss per step, for a batch of ``B`` crops of slices (``(B, 1, h, w)``)::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import threading
@@ -549,16 +550,17 @@ class TrainingSession:
             y = y.to(self.device, non_blocking=True)
             lo, hi = lower.to(self.device), upper.to(self.device)
             opt.zero_grad(set_to_none=True)
-            with autocast(self.device, enabled=cfg.amp):
-                logits = forward(x)
-            loss, ce, size, sizes = self._loss(logits, y, lo, hi)
-            if self._scaler is not None:
-                self._scaler.scale(loss).backward()
-                self._scaler.step(opt)
-                self._scaler.update()
-            else:
-                loss.backward()
-                opt.step()
+            with self._loading_compiled(forward, x):
+                with autocast(self.device, enabled=cfg.amp):
+                    logits = forward(x)
+                loss, ce, size, sizes = self._loss(logits, y, lo, hi)
+                if self._scaler is not None:
+                    self._scaler.scale(loss).backward()
+                    self._scaler.step(opt)
+                    self._scaler.update()
+                else:
+                    loss.backward()
+                    opt.step()
             step += 1
             self.total_steps_done += 1
             images_seen += x.shape[0]
@@ -632,6 +634,18 @@ class TrainingSession:
             require_compile(self.device)
             self._compiled = CompiledForward(self.model)
         return self._compiled
+
+    def _loading_compiled(self, forward, x: torch.Tensor):
+        """Around a step that compiles (or loads) ``forward`` for ``x``'s shape with ``compile_ahead``:
+        :func:`~napari_sizeloss.compiled.collect_new_objects_only`, so the
+        garbage collections it triggers skip the rest of the (GUI's) heap."""
+        if not (self.config.compile and self.config.compile_ahead) or forward is self.model:
+            return contextlib.nullcontext()
+        if tuple(x.shape) in forward.shapes:
+            return contextlib.nullcontext()
+        from .compiled import collect_new_objects_only
+
+        return collect_new_objects_only()
 
     def _compile_ahead(self, forward) -> None:
         """Compile this round's batch shape in a child process unless ``forward`` has it already.
