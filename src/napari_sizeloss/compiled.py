@@ -272,10 +272,9 @@ def compile_ahead(
         "grad": bool(grad),
         "backend": backend,
         "threads": torch.get_num_threads(),
-        "parent": os.getpid(),
     }
     try:
-        payload = json.dumps(spec)
+        payload = json.dumps({**spec, "parent": os.getpid()})
     except (TypeError, ValueError) as exc:
         raise CompileAheadError(f"{type(model).__name__}'s config cannot be passed to a child process: {exc}") from exc
     marker = _ahead_marker(spec)
@@ -342,7 +341,6 @@ def _ahead_marker(spec: dict):
         root = Path(cache_dir())
     except Exception:  # private API moved, or the folder cannot be made
         return None
-    spec = {k: v for k, v in spec.items() if k != "parent"}
     key = json.dumps([spec, torch.__version__, sys.version, platform.machine()], sort_keys=True)
     return root / "napari-sizeloss-ahead" / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
 
@@ -363,9 +361,9 @@ def collect_new_objects_only():
     Measured in the widget (``scripts/gui_bench.py --compile`` with the
     cache filled, against ``--no-gc-freeze``, three alternating runs each):
     the longest stall while the compiled network loads went from 294-429 ms
-    to 124-198 ms. Freezing for
-    good (no unfreeze) would also end later collections, but it keeps every
-    napari layer removed afterwards alive: layers sit in reference cycles.
+    to 124-198 ms. Freezing for good (no unfreeze) would also end later
+    collections, but it keeps every napari layer removed afterwards alive:
+    layers sit in reference cycles.
     """
     gc.freeze()
     try:

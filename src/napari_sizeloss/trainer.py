@@ -523,8 +523,11 @@ class TrainingSession:
         model, opt = self.model, self.optimizer
         model.train()
         forward = self._training_forward()
-        if cfg.compile and cfg.compile_ahead:
-            self._compile_ahead(forward)
+        # every batch of a round has this shape; a compiled forward new to it compiles (or loads) at step 1
+        batch_shape = (cfg.batch_size, 1, *self.roi.shape)
+        loads = cfg.compile_ahead and forward is not model and batch_shape not in forward.shapes
+        if loads:
+            self._compile_ahead(forward, batch_shape)
         start = time.perf_counter()
         step = 0
         last = None
@@ -550,7 +553,7 @@ class TrainingSession:
             y = y.to(self.device, non_blocking=True)
             lo, hi = lower.to(self.device), upper.to(self.device)
             opt.zero_grad(set_to_none=True)
-            with self._loading_compiled(forward, x):
+            with self._loading_compiled(loads and step == 0):
                 with autocast(self.device, enabled=cfg.amp):
                     logits = forward(x)
                 loss, ce, size, sizes = self._loss(logits, y, lo, hi)
@@ -635,29 +638,28 @@ class TrainingSession:
             self._compiled = CompiledForward(self.model)
         return self._compiled
 
-    def _loading_compiled(self, forward, x: torch.Tensor):
-        """Around a step that compiles (or loads) ``forward`` for ``x``'s shape with ``compile_ahead``:
+    @staticmethod
+    def _loading_compiled(loads: bool):
+        """Around the step that loads a compiled network (``compile_ahead``):
         :func:`~napari_sizeloss.compiled.collect_new_objects_only`, so the
         garbage collections it triggers skip the rest of the (GUI's) heap."""
-        if not (self.config.compile and self.config.compile_ahead) or forward is self.model:
-            return contextlib.nullcontext()
-        if tuple(x.shape) in forward.shapes:
+        if not loads:
             return contextlib.nullcontext()
         from .compiled import collect_new_objects_only
 
         return collect_new_objects_only()
 
-    def _compile_ahead(self, forward) -> None:
-        """Compile this round's batch shape in a child process unless ``forward`` has it already.
+    def _compile_ahead(self, forward, shape: tuple[int, ...]) -> None:
+        """Compile ``forward``'s model for ``shape`` in a child process.
 
-        Only on the CPU. A failure is a warning: the first step then
-        compiles here, as without ``compile_ahead``. :meth:`stop` kills the
-        child (the round then ends without a step).
+        Only on the CPU, and not once compiling has failed here. A failure
+        is a warning: the first step then compiles here, as without
+        ``compile_ahead``. :meth:`stop` kills the child (the round then ends
+        without a step).
         """
         from .compiled import CompileAheadError, compile_ahead
 
-        shape = (self.config.batch_size, 1, *self.roi.shape)
-        if self.device.type != "cpu" or shape in forward.shapes or not forward.compiled:
+        if self.device.type != "cpu" or not forward.compiled:
             return
         try:
             compile_ahead(self.model, shape, backend=forward.backend, cancel=self._stop.is_set)
