@@ -23,6 +23,13 @@ def test_widget_opens_through_the_manifest_on_the_phantom(viewer, widget):
     assert viewer.layers.selection.active is seeds and seeds.mode == "add"
     assert widget.bounds_panel.unit == "mm2"  # the phantom has a known spacing
     assert widget.size_table.table.rowCount() == 4 and widget.size_table.table.columnCount() == 3
+    # the (empty) prediction layer is made with the seeds, so that Train does not stall building it
+    prediction = viewer.layers["cine phantom prediction"]
+    assert prediction.data.shape == image.data.shape and not np.asarray(prediction.data).any()
+    np.testing.assert_allclose(prediction.scale, image.scale)
+    names = [layer.name for layer in viewer.layers]
+    assert names.index("cine phantom prediction") < names.index("cine phantom seeds")  # dots drawn on top
+    assert widget.tracker is not None and widget.tracker.layer is prediction and not widget.tracker.has_prediction
 
 
 def test_one_click_one_dot_target_then_background(viewer, widget, qtbot):

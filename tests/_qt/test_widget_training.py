@@ -78,7 +78,9 @@ def test_train_preview_stop_correct_export(make_napari_viewer, qtbot, nifti_phan
     show_slice(viewer, image, 2, 1)
 
     # --- train; the preview of the slice shown appears while training runs
+    layers_before = list(viewer.layers)
     widget.train_button.click()
+    assert list(viewer.layers) == layers_before  # the prediction layer was made with the image, not now
     assert widget.job == "train" and not widget.train_button.isEnabled() and widget.stop_button.isEnabled()
     qtbot.waitUntil(lambda: widget.tracker is not None and widget.tracker.has_prediction, timeout=TRAIN_TIMEOUT_MS)
     prediction = viewer.layers[f"{image.name} prediction"]

@@ -397,9 +397,9 @@ class SizeLossWidget(AnnotationMixin, TrainingMixin, ModelIOMixin, AutosaveMixin
             seeds = make_seeds_layer(geometry, radius=self.settings.dot_radius.value())
             self.viewer.layers.append(seeds)
         self._watch_seeds(seeds)
-        prediction = find_companion(self.viewer, ROLE_PREDICTION, geometry.name)
-        if prediction is not None and prediction.data.shape == geometry.layer_shape:
-            self.tracker = PredictionTracker(prediction, geometry)
+        # The (empty) prediction layer is made now, not at the first Train press: napari takes
+        # 100-400 ms to build a Labels layer, which would freeze the window as training starts.
+        self._ensure_prediction_layer()
         self._fingerprint = autosave.fingerprint(layer.data)
         self._offer_saved_work()
         self._activate_seeds_layer()
