@@ -147,6 +147,26 @@ def test_train_preview_stop_correct_export(make_napari_viewer, qtbot, nifti_phan
     assert (image_path.parent / "cine.sizeloss.npz").exists()
 
 
+def test_a_slice_painted_before_any_training_is_full_supervision(viewer, widget, qtbot):
+    """The prediction layer exists from the start: a slice painted there trains as a correction."""
+    gt = viewer.layers["cine phantom ground truth"]
+    prediction = viewer.layers["cine phantom prediction"]
+    configure(widget, steps=3)
+    add_dots(viewer, widget, gt)
+    set_bounds_from_truth(widget, gt)
+    truth = (np.asarray(gt.data[0, 2]) == 3).astype(np.uint8)  # slice z=2 of frame t=0: no dots there
+    assert truth.sum() > 20
+    prediction.data[0, 2] = truth  # as napari's brush would leave it, all at once
+    assert widget.edited_slices()[2, 0] and widget.edited_slices().sum() == 1
+    assert widget.use_corrections() is True  # trains a first round
+    wait_idle(qtbot, widget)
+    assert widget.session is not None and widget.session.total_steps_done == 3
+    assert widget.supervision.corrected[2, 0] and widget.supervision.corrected.sum() == 1
+    np.testing.assert_array_equal(widget.supervision.corrections[:, :, 2, 0], truth.T)  # (X, Y)
+    np.testing.assert_array_equal(prediction.data[0, 2], truth)  # kept over the network's prediction
+    assert widget.tracker.has_prediction  # the other slices were predicted
+
+
 def test_save_load_model_and_predict_another_volume(viewer, widget, qtbot, tmp_path, small_phantom, monkeypatch):
     import threading
 
