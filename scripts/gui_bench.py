@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-gc-freeze", action="store_true",
                         help="with --compile: let the garbage collections of loading the compiled network scan "
                              "napari's whole heap (as before collect_new_objects_only), to compare")
+    parser.add_argument("--shape", type=int, nargs=4, metavar=("X", "Y", "Z", "T"), default=None,
+                        help="phantom shape (default: the demo's 192 168 10 20); e.g. 256 256 10 25 for the "
+                             "cine size of the targets")
     args = parser.parse_args(argv)
     os.environ.setdefault("NAPARI_SIZELOSS_DATA_DIR", tempfile.mkdtemp(prefix="napari-sizeloss-bench-"))
 
@@ -118,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     from napari_sizeloss.weak_labels import dot_centres
     from napari_sizeloss._qt.jobs import build_config
 
-    case = make_demo_case(seed=0)
+    case = make_demo_case(seed=0, shape=args.shape)
     ph = case.phantom
     viewer = napari.Viewer(show=True, title="napari-sizeloss bench")
     image_layer = viewer.add_image(
@@ -233,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
 
     gui, cli = statistics.median(gui_rates), statistics.median(cli_rates)
     result = {
+        "shape": list(case.image.shape),
         "steps": args.steps,
         "repeats": args.repeats,
         "torch_threads": torch.get_num_threads(),
