@@ -103,6 +103,20 @@ def test_volume_prediction_is_laid_out_as_the_layer_and_written_unchanged(image4
     np.testing.assert_array_equal(g.to_core(tracker.layer.data), mask)
 
 
+@pytest.mark.parametrize("ndim", [4, 3])
+def test_mask_of_some_slices_is_the_whole_mask_there_and_empty_elsewhere(image4, ndim):
+    g = geometry_of(image4 if ndim == 4 else Image(np.asarray(image4.data)[0], scale=(8.0, 1.5, 1.25)))
+    tracker = PredictionTracker(make_prediction_layer(g), g)
+    tracker.layer.data[...] = np.random.default_rng(1).integers(0, 3, g.layer_shape)  # labels 0, 1, 2
+    Z, T = g.shape[2:]
+    slices = np.zeros((Z, T), dtype=bool)
+    slices[2, T - 1] = slices[0, 0] = True
+    whole, some = tracker.mask_core(), tracker.mask_core(slices)
+    assert some.shape == whole.shape == g.shape and some.dtype == np.uint8
+    np.testing.assert_array_equal(some[:, :, slices], whole[:, :, slices])
+    assert set(np.unique(whole)) == {0, 1} and not some[:, :, ~slices].any()
+
+
 def test_prediction_tracker_keeps_user_edits(image4):
     g = geometry_of(image4)
     tracker = PredictionTracker(make_prediction_layer(g), g)

@@ -377,7 +377,9 @@ def make_prediction_layer(geometry: VolumeGeometry):
 
     colormap = DirectLabelColormap(color_dict={0: "transparent", 1: PREDICTION_COLOR, None: "magenta"})
     return Labels(
-        np.zeros(geometry.layer_shape, dtype=np.uint8),
+        # np.full writes its memory now, when the image is chosen; np.zeros' pages would be
+        # mapped (page faults) by the first whole-volume write, on the GUI thread as a round ends
+        np.full(geometry.layer_shape, 0, dtype=np.uint8),
         name=f"{geometry.name} prediction",
         opacity=0.45,
         colormap=colormap,

@@ -284,7 +284,7 @@ class TrainingMixin:
                 "no edited slices: fix the prediction layer with napari's brush or eraser first", "error"
             )
             return False
-        n = self.supervision.use_corrections(self.tracker.mask_core(), edited)
+        n = self.supervision.use_corrections(self.tracker.mask_core(edited), edited)
         self.supervision.absent[edited] = False
         self.tracker.accept(edited)
         self._message(f"{n} corrected slice(s) will be used as full supervision", notify=False)
