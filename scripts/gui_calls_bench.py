@@ -1,0 +1,112 @@
+"""How long the widget's own calls hold napari's GUI thread on a large volume.
+
+Opens napari with a random cine of ``--shape`` (default 256x256x10x25, the
+issue's volume), opens the widget, and times, on the GUI thread, the calls a
+user's actions make besides training itself: writing a whole-volume
+prediction into the labels layer (the end of every round; the first time and
+again), checking which slices were edited, Use corrections (without the
+training round it then starts), refreshing the size table, the autosave and
+Export masks. Each is the median over ``--repeats`` fresh processes, since a
+first call pays for memory a later one reuses.
+
+Run under a virtual X server::
+
+    xvfb-run -a python scripts/gui_calls_bench.py [--shape 256 256 10 25] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def _one_process(shape: tuple[int, int, int, int]) -> dict[str, float]:
+    """Time each call once in this process (a fresh napari)."""
+    import napari
+    import numpy as np
+    from qtpy.QtWidgets import QApplication
+
+    from napari_sizeloss._qt.jobs import VolumePrediction
+
+    os.environ.setdefault("NAPARI_SIZELOSS_DATA_DIR", tempfile.mkdtemp(prefix="napari-sizeloss-bench-"))
+    X, Y, Z, T = shape
+    viewer = napari.Viewer(show=True)
+    image = np.random.default_rng(0).random((T, Z, Y, X), dtype=np.float32)
+    viewer.add_image(image, name="cine", scale=(1.0, 8.0, 1.5, 1.5))
+    _, widget = viewer.window.add_plugin_dock_widget("napari-sizeloss", "Size-constrained segmentation")
+    app = QApplication.instance()
+
+    def idle(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            app.processEvents()
+            time.sleep(0.01)
+
+    times: dict[str, float] = {}
+
+    def timed(name: str, call) -> None:
+        start = time.perf_counter()
+        call()
+        times[name] = (time.perf_counter() - start) * 1000
+        idle(0.3)
+
+    idle(1.0)
+    mask = np.zeros((X, Y, Z, T), dtype=np.uint8)
+    mask[X // 3 : X // 2, Y // 3 : Y // 2] = 1
+    # built as the training job builds it, in its worker thread (not timed here)
+    prediction = VolumePrediction(mask=mask, sizes_px=mask.sum(axis=(0, 1)).astype(float))
+    timed("write_prediction_first_ms", lambda: widget._apply_volume(prediction))
+    timed("write_prediction_again_ms", lambda: widget._apply_volume(prediction))
+    widget.tracker.layer.data[T - 1, Z // 2, :20, :20] = 1  # the user paints on one slice
+    timed("edited_slices_ms", widget.edited_slices)
+    widget.train = lambda: True  # Use corrections without the round it starts
+    timed("use_corrections_ms", widget.use_corrections)
+    timed("refresh_views_ms", widget._refresh_views)
+    timed("autosave_ms", widget.autosave_now)
+    out = os.path.join(tempfile.mkdtemp(prefix="napari-sizeloss-bench-"), "mask.nii.gz")
+    timed("export_masks_ms", lambda: widget.export_masks(out))
+    viewer.close()
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", type=int, nargs=4, metavar=("X", "Y", "Z", "T"), default=(256, 256, 10, 25))
+    parser.add_argument("--repeats", type=int, default=3, help="fresh processes (medians are printed)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    shape = tuple(args.shape)
+    if args.child:
+        print(json.dumps(_one_process(shape)))
+        return 0
+    runs = []
+    for _ in range(args.repeats):
+        done = subprocess.run(
+            [sys.executable, __file__, "--child", "--shape", *map(str, shape)],
+            capture_output=True, text=True, check=False,
+        )
+        if done.returncode != 0:
+            print(f"error: a timing process failed: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+            return 1
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    result = {"shape": list(shape), "repeats": args.repeats}
+    print(f"GUI-thread time of the widget's calls on a {'x'.join(map(str, shape))} volume "
+          f"(median of {args.repeats} fresh processes):")
+    for key in runs[0]:
+        values = [run[key] for run in runs]
+        result[key] = round(statistics.median(values), 1)
+        print(f"  {key[:-3].replace('_', ' '):28s} {result[key]:7.1f} ms   ({', '.join(f'{v:.0f}' for v in values)})")
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
