@@ -167,6 +167,22 @@ def test_a_slice_painted_before_any_training_is_full_supervision(viewer, widget,
     assert widget.tracker.has_prediction  # the other slices were predicted
 
 
+def test_a_removed_prediction_layer_is_made_again_by_the_next_round(viewer, widget, qtbot):
+    gt = viewer.layers["cine phantom ground truth"]
+    configure(widget, steps=3)
+    add_dots(viewer, widget, gt)
+    set_bounds_from_truth(widget, gt)
+    viewer.layers.remove("cine phantom prediction")  # the user deletes the empty layer
+    assert widget.tracker is None
+    assert widget.train()
+    wait_idle(qtbot, widget)
+    prediction = viewer.layers["cine phantom prediction"]
+    assert widget.tracker is not None and widget.tracker.layer is prediction and widget.tracker.has_prediction
+    np.testing.assert_array_equal(np.asarray(prediction.data), widget.tracker.baseline)
+    names = [layer.name for layer in viewer.layers]
+    assert names.index("cine phantom prediction") < names.index("cine phantom seeds")
+
+
 def test_save_load_model_and_predict_another_volume(viewer, widget, qtbot, tmp_path, small_phantom, monkeypatch):
     import threading
 
