@@ -66,14 +66,11 @@ class PredictionTracker:
     def slice_size_px(self, z: int, t: int) -> float:
         return float((np.asarray(self.layer.data)[self._slice_index(z, t)] > 0).sum())
 
-    def mask_core(self, slices: np.ndarray | None = None) -> np.ndarray:
-        """The layer as 0/1 uint8 ``(X, Y, Z, T)`` (a copy).
+    def mask_core(self, slices: np.ndarray) -> np.ndarray:
+        """The layer's ``slices`` (bool ``(Z, T)``) as 0/1 uint8 ``(X, Y, Z, T)``; other slices are 0.
 
-        With ``slices`` (bool ``(Z, T)``), only those slices are filled (the
-        rest is 0): what Use corrections reads, without converting the volume.
+        What Use corrections reads, without converting the whole volume.
         """
-        if slices is None:
-            return (self.geometry.to_core(np.asarray(self.layer.data)) > 0).astype(np.uint8)
         data = np.asarray(self.layer.data)
         out = np.zeros(self.geometry.shape, dtype=np.uint8, order="F")  # a slice is contiguous: few pages touched
         for z, t in np.argwhere(slices):
