@@ -166,6 +166,22 @@ def test_qform_is_the_affine_when_sform_code_is_zero(tmp_path):
     np.testing.assert_allclose(back.affine, QFORM, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["bool", "uint8"])
+def test_mask_values_survive_without_a_copy_and_the_callers_array_is_untouched(tmp_path, kind):
+    """Labels already in the written type go to nibabel as they are, also as a non-contiguous view (a layer's)."""
+    vol = load_nifti(write(make_image(SHAPES[3]), tmp_path / "src.nii"))
+    rng = np.random.default_rng(3)
+    layer = rng.random(SHAPES[3][::-1]) > 0.5  # napari order, C-contiguous
+    layer = layer if kind == "bool" else layer.astype(np.uint8) * 7
+    before = layer.copy()
+    mask = layer.T  # (X, Y, Z): a transposed view, as the writer hands it over
+    out = save_mask(tmp_path / "m.nii.gz", mask, vol)
+    back = nib.load(str(out))
+    assert back.get_data_dtype() == np.uint8
+    np.testing.assert_array_equal(np.asarray(back.dataobj), mask.astype(np.uint8))
+    np.testing.assert_array_equal(layer, before)
+
+
 def test_mask_of_a_scaled_integer_image_is_not_rescaled(tmp_path):
     img = make_image(SHAPES[3], dtype=np.int16)
     img.header.set_slope_inter(2.5, -3.0)

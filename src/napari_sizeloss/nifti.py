@@ -543,7 +543,7 @@ def _mask_labels(mask, reference: NiftiVolume, name: str) -> np.ndarray:
             + (f" or its spatial shape {reference.spatial_shape}" if len(ref_shape) > 3 else "")
         )
     if arr.dtype.kind == "b":
-        return arr.astype(np.uint8)
+        return arr.view(np.uint8)  # False/True are stored as 0/1 bytes
     if arr.dtype.kind not in "iuf":
         raise NiftiError(f"cannot write {name}: mask dtype {arr.dtype} is not numeric")
     if arr.dtype.kind == "f":
@@ -558,7 +558,8 @@ def _mask_labels(mask, reference: NiftiVolume, name: str) -> np.ndarray:
     if top > np.iinfo(np.uint16).max:
         raise NiftiError(f"cannot write {name}: mask label {top} exceeds 65535")
     out_dtype = np.uint8 if top <= np.iinfo(np.uint8).max else np.uint16
-    return arr.astype(out_dtype)
+    # No copy when the labels already have that type (a layer's uint8 data): nibabel only reads them.
+    return arr.astype(out_dtype, copy=False)
 
 
 def _mask_image(labels: np.ndarray, reference: NiftiVolume) -> NiftiImage:

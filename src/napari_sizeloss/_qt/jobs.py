@@ -90,6 +90,16 @@ class VolumePrediction:
         self.mask = np.asfortranarray(self.mask)
 
 
+def preload_writer() -> None:
+    """Import the NIfTI writer, and with it nibabel (60-80 ms), in the calling worker thread.
+
+    The widget opens without nibabel when its image did not come from a file
+    (the sample phantom, an array); the jobs call this so that the first
+    Export masks does not import it on the GUI thread.
+    """
+    from .. import _writer  # noqa: F401
+
+
 def build_config(overrides: dict[str, Any]):
     """``TrainConfig.interactive(**overrides)``."""
     from ..trainer import TrainConfig
@@ -169,6 +179,7 @@ def training_job(request: TrainRequest, session=None) -> Iterator[Any]:
     if done is not None and done.step == 0:
         return  # no step taken: an untrained network's prediction would only replace the shown one
     yield session_prediction(session)
+    preload_writer()  # there is now something to export (once per process; the GUI has the prediction)
 
 
 def session_prediction(session) -> VolumePrediction:
@@ -191,6 +202,7 @@ def predict_job(image: np.ndarray, session=None, checkpoint: str | None = None, 
     normalisation), else the session's network on ``image`` (normalised on
     its own), else the model in ``checkpoint``.
     """
+    preload_writer()  # once per process; there will be something to export
     if session is not None and same_image:
         return session_prediction(session)
     from ..trainer import Predictor
