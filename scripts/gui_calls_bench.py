@@ -5,7 +5,8 @@ issue's volume), opens the widget, and times, on the GUI thread, the calls a
 user's actions make besides training itself: writing a whole-volume
 prediction into the labels layer (the end of every round; the first time and
 again), checking which slices were edited, Use corrections (without the
-training round it then starts), refreshing the size table, the autosave and
+training round it then starts), refreshing the size table, the snapshot of
+dots, tags and corrections that a Train press takes, the autosave and
 Export masks (a first and a second time). Each is the median over ``--repeats`` fresh processes, since a
 first call pays for memory a later one reuses.
 
@@ -72,6 +73,8 @@ def _one_process(shape: tuple[int, int, int, int]) -> dict[str, float]:
     widget.train = lambda: True  # Use corrections without the round it starts
     timed("use_corrections_ms", widget.use_corrections)
     timed("refresh_views_ms", widget._refresh_views)
+    widget.seeds_layer.add([[0, 2, Y // 2, X // 2], [T - 1, 3, Y // 2, X // 2]])  # two target dots
+    timed("train_snapshot_ms", widget._snapshot_request)  # what a Train press copies before its worker starts
     timed("autosave_ms", widget.autosave_now)
     folder = tempfile.mkdtemp(prefix="napari-sizeloss-bench-")
     for key, name in (("export_masks_ms", "mask.nii.gz"), ("export_again_ms", "mask_again.nii.gz")):

@@ -43,11 +43,42 @@ def test_round_trip_keeps_everything(tmp_path):
     assert back.kinds == ["target", "background"]
     np.testing.assert_array_equal(back.absent, work.absent)
     np.testing.assert_array_equal(back.corrected, work.corrected)
-    volume = back.corrections_volume((6, 5, 4, 3))
+    assert back.fits((6, 5, 4, 3), layer_ndim=4)
+    volume = back.corrections_volume()
+    assert volume.shape == (6, 5, 4, 3) and volume.flags.f_contiguous
     assert volume[:, :, 1, 2].sum() == 6 and volume[0, 0, 3, 0] == 1 and volume.sum() == 7
     assert back.bounds == (120.5, 900.0, "mm2")
     assert "1 target dot(s)" in back.summary() and "2 corrected slice(s)" in back.summary()
     assert not list(tmp_path.glob("*.tmp*"))  # atomic write left nothing behind
+
+
+def test_work_that_does_not_fit_the_image_is_recognised():
+    """A saved file for another grid, or a tampered one, is refused rather than restored (or crashing)."""
+    work = _work("abc")
+    assert work.fits((6, 5, 4, 3), layer_ndim=4)
+    assert not work.fits((6, 5, 4, 2), layer_ndim=4)  # other frames
+    assert not work.fits((5, 6, 4, 3), layer_ndim=4)  # other in-plane grid: the corrections would not fit
+    assert not work.fits((6, 5, 4, 3), layer_ndim=3)  # 4D dots on a 3D layer
+    work.corrections = work.corrections[:, :, :1]  # one mask for two corrected slices
+    assert not work.fits((6, 5, 4, 3), layer_ndim=4)
+
+
+def test_packing_keeps_exactly_the_corrected_slices():
+    from napari_sizeloss._qt.supervision import pack_corrections, unpack_corrections
+
+    rng = np.random.default_rng(0)
+    volume = (rng.random((6, 5, 4, 3)) > 0.5).astype(np.uint8)
+    corrected = np.zeros((4, 3), bool)
+    corrected[3, 0] = corrected[1, 2] = True
+    packed = pack_corrections(volume, corrected)
+    assert packed.shape == (6, 5, 2) and packed.dtype == np.uint8
+    np.testing.assert_array_equal(packed[:, :, 0], volume[:, :, 1, 2])  # argwhere order: (1, 2) before (3, 0)
+    np.testing.assert_array_equal(packed[:, :, 1], volume[:, :, 3, 0])
+    back = unpack_corrections(packed, corrected)
+    np.testing.assert_array_equal(back[:, :, corrected], volume[:, :, corrected])
+    assert not back[:, :, ~corrected].any()
+    with pytest.raises(ValueError, match="2 corrected slices"):
+        unpack_corrections(packed[:, :, :1], corrected)
 
 
 def test_location_beside_the_image_or_in_the_user_folder(tmp_path, data_dir):

@@ -163,6 +163,10 @@ def test_a_slice_painted_before_any_training_is_full_supervision(viewer, widget,
     assert widget.session is not None and widget.session.total_steps_done == 3
     assert widget.supervision.corrected[2, 0] and widget.supervision.corrected.sum() == 1
     np.testing.assert_array_equal(widget.supervision.corrections[:, :, 2, 0], truth.T)  # (X, Y)
+    # what the round trained on: the painted slice, and nothing on the others
+    trained_on = widget.session._corrections & widget.session._corrected[None, None]
+    np.testing.assert_array_equal(trained_on[:, :, 2, 0], truth.T > 0)
+    assert trained_on.sum() == truth.sum()
     np.testing.assert_array_equal(prediction.data[0, 2], truth)  # kept over the network's prediction
     assert widget.tracker.has_prediction  # the other slices were predicted
 

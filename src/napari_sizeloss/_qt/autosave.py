@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .._atomic import publish_atomically
+from .supervision import pack_corrections, unpack_corrections
 
 DATA_DIR_ENV = "NAPARI_SIZELOSS_DATA_DIR"
 SUFFIX = ".sizeloss.npz"
@@ -155,22 +156,18 @@ class SavedWork:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.saved_at))
         return f"{', '.join(parts)}; saved {when}"
 
-    def corrections_volume(self, shape_xyzt: tuple[int, int, int, int]) -> np.ndarray:
-        """The corrections as a full uint8 ``(X, Y, Z, T)`` array (zeros elsewhere)."""
-        volume = np.zeros(shape_xyzt, dtype=np.uint8)
-        for i, (z, t) in enumerate(np.argwhere(self.corrected)):
-            volume[:, :, z, t] = self.corrections[:, :, i]
-        return volume
+    def fits(self, shape_xyzt: tuple[int, int, int, int], layer_ndim: int) -> bool:
+        """Whether this work can go back on an image of core shape ``(X, Y, Z, T)`` shown as a ``layer_ndim``-D layer."""
+        X, Y, Z, T = shape_xyzt
+        if self.absent.shape != (Z, T) or self.corrected.shape != (Z, T):
+            return False
+        if self.corrections.shape != (X, Y, int(self.corrected.sum())):
+            return False
+        return not len(self.points) or self.points.shape[1] == layer_ndim
 
-
-def pack_corrections(corrections: np.ndarray, corrected: np.ndarray) -> np.ndarray:
-    """``(X, Y, n)`` uint8: the corrected slices of a ``(X, Y, Z, T)`` array, in ``argwhere`` order."""
-    idx = np.argwhere(corrected)
-    X, Y = corrections.shape[:2]
-    out = np.zeros((X, Y, len(idx)), dtype=np.uint8)
-    for i, (z, t) in enumerate(idx):
-        out[:, :, i] = corrections[:, :, z, t]
-    return out
+    def corrections_volume(self) -> np.ndarray:
+        """The corrections as a full uint8 ``(X, Y, Z, T)`` array, Fortran order (zeros elsewhere)."""
+        return unpack_corrections(self.corrections, self.corrected)
 
 
 def save_work(path: Path, work: SavedWork) -> Path:

@@ -31,7 +31,10 @@ class TrainRequest:
     unit : {"mm2", "px"}
     spacing : (sx, sy, sz) mm or None
     absent, corrected : ndarray bool (Z, T)
-    corrections : ndarray uint8 (X, Y, Z, T)
+    corrections : ndarray uint8 (X, Y, n)
+        The masks of the ``n`` corrected slices, in ``np.argwhere(corrected)``
+        order (:func:`~napari_sizeloss._qt.supervision.pack_corrections`): the
+        GUI thread copies those slices only, the job rebuilds the volume.
     config : dict
         Overrides of :meth:`TrainConfig.interactive`.
     checkpoint : path or None
@@ -137,6 +140,7 @@ def training_job(request: TrainRequest, session=None) -> Iterator[Any]:
     """
     from ..bounds import SizeBounds
     from ..trainer import TrainingSession
+    from .supervision import unpack_corrections
 
     config = build_config(request.config)
     bounds = SizeBounds(request.lower, request.upper, unit=request.unit)
@@ -144,7 +148,7 @@ def training_job(request: TrainRequest, session=None) -> Iterator[Any]:
         seeds=request.seeds,
         bounds=bounds,
         absent=request.absent,
-        corrections=request.corrections,
+        corrections=unpack_corrections(request.corrections, request.corrected),
         corrected=request.corrected,
     )
     resumed = session is not None and session.config.device == config.device

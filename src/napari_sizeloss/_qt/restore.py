@@ -96,8 +96,7 @@ class AutosaveMixin:
         if self._pending_work is None or self.geometry is None:
             return False
         path, work = self._pending_work
-        Z, T = self.geometry.shape[2:]
-        if work.absent.shape != (Z, T) or (len(work.points) and work.points.shape[1] != self.geometry.layer_ndim):
+        if not work.fits(self.geometry.shape, self.geometry.layer_ndim):
             self._message(f"saved work in {path} does not fit this image; ignored", "warning")
             self._ignore_saved_work()
             return False
@@ -113,7 +112,7 @@ class AutosaveMixin:
             layer.feature_defaults["kind"] = self.seeds_panel.kind
         self.supervision.absent[:] = work.absent
         self.supervision.corrected[:] = work.corrected
-        self.supervision.corrections[:] = work.corrections_volume(self.geometry.shape)
+        self.supervision.corrections[:] = work.corrections_volume()
         if work.corrected.any():
             self._ensure_prediction_layer()
             self.tracker.show_corrections(self.supervision.corrections, self.supervision.corrected)

@@ -3,6 +3,12 @@
 ``absent`` and ``corrected`` are bool ``(Z, T)``; ``corrections`` is uint8 0/1
 ``(X, Y, Z, T)`` and only meaningful where ``corrected``. These go to the
 trainer as ``absent=``, ``corrections=`` and ``corrected=``.
+
+``corrections`` is kept in Fortran order, so that each ``(X, Y)`` slice is
+one contiguous block: writing or reading a corrected slice touches 64 KiB of
+a 256x256 cine's 16 MiB instead of every page of it. Only the corrected
+slices travel (:func:`pack_corrections`): to a training round, and to the
+autosave file.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ class Supervision:
         return cls(
             absent=np.zeros((Z, T), dtype=bool),
             corrected=np.zeros((Z, T), dtype=bool),
-            corrections=np.zeros((X, Y, Z, T), dtype=np.uint8),
+            corrections=np.zeros((X, Y, Z, T), dtype=np.uint8, order="F"),
         )
 
     def tag_absent(self, z_first: int, z_last: int, t: int | None, absent: bool, present: np.ndarray) -> list[tuple[int, int]]:
@@ -65,6 +71,28 @@ class Supervision:
         self.corrected |= slices
         return int(slices.sum())
 
+    def packed_corrections(self) -> np.ndarray:
+        """The corrected slices' masks, uint8 ``(X, Y, n)`` in ``np.argwhere(corrected)`` order (a copy)."""
+        return pack_corrections(self.corrections, self.corrected)
+
     def clear_corrections(self) -> None:
+        self.corrections[:, :, self.corrected] = 0
         self.corrected[:] = False
-        self.corrections[:] = 0
+
+
+def pack_corrections(corrections: np.ndarray, corrected: np.ndarray) -> np.ndarray:
+    """``(X, Y, n)`` uint8: the ``corrected`` slices (bool ``(Z, T)``) of a ``(X, Y, Z, T)`` array, in ``argwhere`` order."""
+    return np.ascontiguousarray(corrections[:, :, np.asarray(corrected, dtype=bool)], dtype=np.uint8)
+
+
+def unpack_corrections(packed: np.ndarray, corrected: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`pack_corrections`: uint8 ``(X, Y, Z, T)``, Fortran order, zeros off ``corrected``."""
+    corrected = np.asarray(corrected, dtype=bool)
+    if packed.ndim != 3 or packed.shape[2] != int(corrected.sum()):
+        raise ValueError(
+            f"{packed.shape[2] if packed.ndim == 3 else packed.shape} corrected slice masks for "
+            f"{int(corrected.sum())} corrected slices"
+        )
+    volume = np.zeros(packed.shape[:2] + corrected.shape, dtype=np.uint8, order="F")
+    volume[:, :, corrected] = packed
+    return volume

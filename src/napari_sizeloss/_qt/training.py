@@ -45,7 +45,7 @@ class TrainingMixin:
         if problem:
             raise ValueError(problem)
         seeds = self.seeds_array()
-        present = (seeds == 1).any(axis=(0, 1))
+        present = self.present()  # counted by seeds_array
         conflict = present & self.supervision.absent
         if conflict.any():
             z, t = (int(v) for v in np.argwhere(conflict)[0])
@@ -62,7 +62,7 @@ class TrainingMixin:
             spacing=self.geometry.spacing,
             absent=sup.absent.copy(),
             corrected=sup.corrected.copy(),
-            corrections=sup.corrections.copy(),
+            corrections=sup.packed_corrections(),
             config=self.settings.overrides(),
             checkpoint=self.checkpoint_path,
             preview=self.current_slice(),
