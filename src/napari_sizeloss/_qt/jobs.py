@@ -182,8 +182,11 @@ def training_job(request: TrainRequest, session=None) -> Iterator[Any]:
         yield event
     if done is not None and done.step == 0:
         return  # no step taken: an untrained network's prediction would only replace the shown one
-    yield session_prediction(session)
-    preload_writer()  # there is now something to export (once per process; the GUI has the prediction)
+    prediction = session_prediction(session)
+    # There is now something to export. Imported here, while the GUI waits for the prediction: once the
+    # GUI has it, the import's interpreter-lock holds would slow its write of the volume (by ~40 ms).
+    preload_writer()
+    yield prediction
 
 
 def session_prediction(session) -> VolumePrediction:
