@@ -36,6 +36,47 @@ def test_normalisation_maps_percentiles_to_unit_range():
     assert out.max() <= 1.5
 
 
+def _large_volumes():
+    """Volumes big enough for the fast percentile path (>= 2**20 voxels), shaped like real data in ways that matter."""
+    rng = np.random.default_rng(0)
+    n = 2**20 + 12_345
+    background = np.where(rng.random(n) < 0.3, 0.0, rng.gamma(2.0, 50.0, n))  # a zero background, ties at the low end
+    return {
+        "cine, a transposed view (as the widget passes it)": rng.random((25, 10, 72, 64), dtype=np.float32).T,
+        "zero background": background.astype(np.float32),
+        "nearly all background": np.where(rng.random(n) < 0.997, 0.0, rng.random(n)).astype(np.float32),
+        "quantised intensities (many ties)": rng.integers(0, 300, n).astype(np.float32),
+        "float64, heavy tail": rng.exponential(size=n),
+        "already sorted": np.sort(rng.normal(size=n)).astype(np.float32),
+        "constant": np.full(n, 7.0, np.float32),
+        # the sample takes every 4th voxel here: it sees only zeros, and the bracket must not be trusted
+        "zeros exactly where the sample looks": np.where(np.arange(n) % 4 == 0, 0.0, 1.0 + rng.random(n)).astype(np.float32),
+        "other values where the sample looks": np.where(np.arange(n) % 4 == 0, rng.random(n), 10 + rng.random(n)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_large_volumes()))
+def test_normalisation_of_a_large_volume_equals_numpys_percentiles(name):
+    image = _large_volumes()[name]
+    assert image.size >= 2**20
+    low, high = np.percentile(image, (0.5, 99.5))
+    params = normalisation_params(image)
+    assert params["low"] == pytest.approx(float(low), rel=1e-12, abs=1e-12)
+    expected_high = float(high) if high > low else float(low) + 1.0
+    assert params["high"] == pytest.approx(expected_high, rel=1e-12, abs=1e-12)
+
+
+def test_normalisation_of_a_large_volume_with_nans_uses_its_finite_voxels():
+    image = np.random.default_rng(1).normal(size=2**20 + 7).astype(np.float32)
+    image[::1000] = np.nan
+    image[5] = np.inf
+    finite = image[np.isfinite(image)]
+    params = normalisation_params(image)
+    np.testing.assert_allclose([params["low"], params["high"]], np.percentile(finite, (0.5, 99.5)), rtol=1e-12)
+    with pytest.raises(ValueError, match="no finite voxel"):
+        normalisation_params(np.full(2**20, np.nan, np.float32))
+
+
 def test_region_of_interest_contains_any_target_within_upper_bound():
     seeds = np.zeros((120, 100, 2, 1), np.uint8)
     seeds[60, 50, 0, 0] = 1

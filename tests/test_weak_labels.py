@@ -236,9 +236,11 @@ def test_validate_seeds_rejects_a_shape_mismatch():
     assert str(err.value) == "seeds shape (10, 10, 3) does not match image shape (10, 10, 4)"
 
 
-@pytest.mark.parametrize("bad", [3, 255, -1, 0.5])
-def test_validate_seeds_rejects_unknown_codes(bad):
-    seeds = np.zeros((6, 6), float)
+@pytest.mark.parametrize(
+    "bad, dtype", [(3, float), (255, float), (-1, float), (0.5, float), (3, np.uint8), (255, np.uint8), (-1, np.int16)]
+)
+def test_validate_seeds_rejects_unknown_codes(bad, dtype):
+    seeds = np.zeros((6, 6), dtype)
     seeds[1, 1] = SEED_TARGET
     seeds[2, 2] = bad
     with pytest.raises(SeedsError, match=f"found {bad}"):

@@ -60,13 +60,61 @@ def normalisation_params(image: np.ndarray) -> dict[str, float]:
     dict
         ``{"low": p0.5, "high": p99.5}``: the intensities mapped to 0 and 1.
     """
-    finite = image[np.isfinite(image)]
-    if finite.size == 0:
-        raise ValueError("the image has no finite voxel")
-    low, high = np.percentile(finite, NORMALISATION_PERCENTILES)
+    image = np.asarray(image)
+    low = high = None
+    if image.size >= FAST_PERCENTILE_MIN_SIZE and image.dtype.kind == "f":
+        flat = image.ravel(order="K")  # a view for the (transposed) layer arrays the widget passes
+        if np.isfinite(flat.min()) and np.isfinite(flat.max()):  # no NaN, no inf: no masked copy needed
+            low, high = (_tail_percentile(flat, q) for q in NORMALISATION_PERCENTILES)
+    if low is None:
+        finite = image[np.isfinite(image)]
+        if finite.size == 0:
+            raise ValueError("the image has no finite voxel")
+        low, high = np.percentile(finite, NORMALISATION_PERCENTILES)
     if not high > low:
         high = low + 1.0
     return {"low": float(low), "high": float(high)}
+
+
+#: Volumes of at least this many voxels take :func:`_tail_percentile` instead of ``np.percentile``.
+FAST_PERCENTILE_MIN_SIZE = 2**20
+
+
+def _tail_percentile(flat: np.ndarray, q: float) -> float:
+    """``np.percentile(flat, q)`` (linear interpolation) for a large finite 1D array, without sorting it.
+
+    ``np.percentile`` partitions a copy of the whole volume: 0.6-0.9 s for a
+    256x256x10x25 cine on 2 CPU cores, paid at every Train press and
+    prediction. Here a sorted sample (about 2**18 values) brackets the two
+    order statistics needed between two values; a pass counts the voxels
+    below the bracket and another gathers those inside it, and only that
+    window is partitioned (40-80 ms in all for both percentiles). The result
+    is the same order statistics interpolated the same way, equal to
+    ``np.percentile`` up to float rounding; when the bracket misses (it
+    cannot for a sample this size but is checked) ``np.percentile`` runs.
+    """
+    n = flat.size
+    rank = q / 100.0 * (n - 1)
+    k = int(np.floor(rank))
+    k1 = min(k + 1, n - 1)
+    sample = np.sort(flat[:: max(1, n // 2**18)])
+    m = sample.size
+    centre = rank / (n - 1) * (m - 1)
+    margin = 6.0 * np.sqrt(m) + 16.0  # sample ranks: many standard deviations of the rank's sampling error
+    lo_v = sample[max(0, int(np.floor(centre - margin)))]
+    hi_v = sample[min(m - 1, int(np.ceil(centre + margin)))]
+    below = int(np.count_nonzero(flat < lo_v))
+    if lo_v == hi_v:  # a tie (say, a zero background) spans the bracket
+        inside = int(np.count_nonzero(flat == lo_v))
+        if below <= k and below + inside > k1:
+            return float(lo_v)
+    else:
+        window = flat[(flat >= lo_v) & (flat <= hi_v)]
+        if below <= k and below + window.size > k1:
+            part = np.partition(window, [k - below, k1 - below])
+            a, b = float(part[k - below]), float(part[k1 - below])
+            return a + (b - a) * (rank - k)
+    return float(np.percentile(flat, q))
 
 
 def normalise(image: np.ndarray, params: dict[str, float]) -> np.ndarray:

@@ -289,8 +289,11 @@ def validate_seeds(seeds: np.ndarray, image_shape: tuple[int, ...]) -> None:
     seeds = np.asarray(seeds)
     if tuple(seeds.shape) != tuple(image_shape):
         raise SeedsError(f"seeds shape {tuple(seeds.shape)} does not match image shape {tuple(image_shape)}")
-    bad = ~np.isin(seeds, _SEED_CODES)
-    if bad.any():
+    if seeds.dtype.kind == "u" and seeds.size and seeds.max() <= max(_SEED_CODES):
+        bad = None  # unsigned codes 0..2: valid, found in one pass without temporaries (the usual case)
+    else:
+        bad = ~np.isin(seeds, _SEED_CODES)
+    if bad is not None and bad.any():
         values = np.unique(seeds[bad])
         shown = ", ".join(str(v) for v in values[:5]) + (", ..." if len(values) > 5 else "")
         raise SeedsError(
