@@ -7,7 +7,9 @@ prediction into the labels layer (the end of every round; the first time and
 again), checking which slices were edited, Use corrections (without the
 training round it then starts), refreshing the size table, the snapshot of
 dots, tags and corrections that a Train press takes, the autosave and
-Export masks (a first and a second time). Each is the median over ``--repeats`` fresh processes, since a
+Export masks (a first and a second time), and Predict with a loaded model
+(the time to the first slice shown, to the whole volume, and the longest
+gap between event-loop passes meanwhile). Each is the median over ``--repeats`` fresh processes, since a
 first call pays for memory a later one reuses.
 
 Run under a virtual X server::
@@ -82,6 +84,37 @@ def _one_process(shape: tuple[int, int, int, int]) -> dict[str, float]:
         timed(key, lambda: widget.export_masks(out))
         if not os.path.exists(out):
             raise RuntimeError(f"export wrote nothing: {widget.status.text()}")
+    # Predict with a loaded model (every pixel: another grid than any training): the slice on screen
+    # first, then the volume. Timed from the press; the longest gap between event-loop passes meanwhile.
+    from napari_sizeloss.checkpoint import save_checkpoint
+    from napari_sizeloss.compute_thread import call
+    from napari_sizeloss.network import ENet
+
+    model_path = os.path.join(folder, "model.ckpt")
+    call(lambda: save_checkpoint(model_path, ENet(in_channels=1, num_classes=2)))  # torch on the compute thread only
+    widget.load_model(model_path)
+    while widget.worker is not None:
+        app.processEvents()
+        time.sleep(0.005)
+    marks: dict[str, float] = {}
+    shown = getattr(widget, "_on_prediction_progress", None)
+    if shown is not None:
+        def first_slice(item) -> None:
+            shown(item)
+            if item.mask is not None:
+                marks["first_slice"] = time.perf_counter()
+        widget._on_prediction_progress = first_slice
+    start = last = time.perf_counter()
+    longest = 0.0
+    widget.predict()
+    while widget.worker is not None:
+        app.processEvents()
+        now = time.perf_counter()
+        longest, last = max(longest, now - last), now
+        time.sleep(0.002)
+    times["predict_first_slice_ms"] = (marks.get("first_slice", float("nan")) - start) * 1000
+    times["predict_whole_volume_ms"] = (time.perf_counter() - start) * 1000
+    times["predict_longest_gap_ms"] = longest * 1000
     viewer.close()
     return times
 

@@ -192,6 +192,29 @@ def test_checkpoint_round_trip_and_continue(tmp_path):
     np.testing.assert_allclose(resumed.probabilities(), session.probabilities(), atol=1e-5)
 
 
+@pytest.mark.parametrize("box", ["auto", None])
+def test_prediction_a_few_slices_at_a_time_equals_the_whole(tmp_path, box):
+    """Predict's progress in the widget: every slice once, the one on screen first, the same probabilities."""
+    image, seeds, _ = disc_volume(shape=(48, 40, 3, 4))
+    session = train(image, seeds, SizeBounds(60, 300), config=small_config(steps=4))
+    predictor = Predictor.from_checkpoint(session.save(tmp_path / "m.ckpt"), device="cpu")
+    whole = predictor.probabilities(image, box)
+    chunks = list(predictor.iter_probabilities(image, box, first=(2, 1), chunk_slices=5))
+    assert [len(s) for s, _ in chunks] == [1, 5, 5, 1]  # the first alone, then 11 slices in fives
+    np.testing.assert_array_equal(chunks[0][0], [[2, 1]])
+    got = np.full(image.shape, np.nan, dtype=np.float32)
+    for slices, probs in chunks:
+        assert probs.shape == image.shape[:2] + (len(slices),)
+        assert np.isnan(got[:, :, slices[:, 0], slices[:, 1]]).all()  # no slice twice
+        got[:, :, slices[:, 0], slices[:, 1]] = probs
+    np.testing.assert_allclose(got, whole, atol=1e-4)  # normalised on the whole image, not per chunk
+    if box == "auto":  # the training region reaches past the image: chunks pad it as the whole volume does
+        region = predictor.region_for(image.shape)
+        assert region is not None and (region.x0 < 0 or region.y0 < 0 or region.x1 > 48 or region.y1 > 40)
+    with pytest.raises(ValueError, match="outside the volume"):
+        next(predictor.iter_probabilities(image, first=(3, 0)))
+
+
 def test_batch_one_still_trains_on_labelled_slices():
     """With one slice per step, half the steps draw a slice with dots (labelled_fraction 0.5)."""
     image, seeds, _ = disc_volume()

@@ -226,9 +226,24 @@ def test_save_load_model_and_predict_another_volume(viewer, widget, qtbot, tmp_p
     layer = viewer.add_image(other.image.T.copy(), name="other subject", scale=(30.0, 10.0, 6.0, 6.0))
     widget.image_combo.setCurrentText("other subject")
     assert widget.geometry.shape == (48, 40, 3, 2)
+    show_slice(viewer, layer, z=2, t=1)
+    reports, on_progress = [], widget._on_prediction_progress
+
+    def recording_progress(item):  # what the GUI shows while the volume is predicted
+        on_progress(item)
+        shown = np.asarray(viewer.layers["other subject prediction"].data)[1, 2].copy()  # (t, z) = (1, 2)
+        reports.append((item.done, item.total, item.z, item.t, widget.tracker.has_prediction, shown,
+                        widget.progress.value(), widget.progress.maximum()))
+
+    widget._on_prediction_progress = recording_progress
+    assert not widget.tracker.has_prediction  # a new layer for this image
     assert widget.predict()
     wait_idle(qtbot, widget)
     prediction = viewer.layers["other subject prediction"]
+    # the slice on screen came first and alone, and was shown before the rest of the volume
+    assert reports[0][:5] == (1, 6, 2, 1, True) and reports[-1][:2] == (6, 6)
+    np.testing.assert_array_equal(reports[0][5], np.asarray(prediction.data)[1, 2])
+    assert reports[-1][6:] == (6, 6)  # the progress bar followed the slices
     assert prediction.data.shape == layer.data.shape
     assert set(np.unique(prediction.data)) <= {0, 1}
     assert widget.tracker.has_prediction

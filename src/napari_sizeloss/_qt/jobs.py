@@ -93,6 +93,25 @@ class VolumePrediction:
         self.mask = np.asfortranarray(self.mask)
 
 
+@dataclass
+class PredictionProgress:
+    """``done`` of ``total`` slices of a volume predicted; the first report may carry one slice's mask.
+
+    Attributes
+    ----------
+    done, total : int
+    z, t : int or None
+        The slice ``mask`` belongs to.
+    mask : ndarray uint8 (X, Y) or None
+    """
+
+    done: int
+    total: int
+    z: int | None = None
+    t: int | None = None
+    mask: np.ndarray | None = None
+
+
 def preload_writer() -> None:
     """Import the NIfTI writer, and with it nibabel (60-80 ms), in the calling worker thread.
 
@@ -202,12 +221,31 @@ def session_prediction(session) -> VolumePrediction:
     )
 
 
-def predict_job(image: np.ndarray, session=None, checkpoint: str | None = None, same_image: bool = False) -> VolumePrediction:
-    """Predict a whole ``(X, Y, Z, T)`` volume; runs in a thread worker.
+def predict_job(
+    image: np.ndarray,
+    session=None,
+    checkpoint: str | None = None,
+    same_image: bool = False,
+    preview: tuple[int, int] | None = None,
+) -> Iterator[PredictionProgress]:
+    """Predict a whole ``(X, Y, Z, T)`` volume; a generator, run in a thread worker.
 
     Uses the session itself when ``same_image`` (its region of interest and
-    normalisation), else the session's network on ``image`` (normalised on
-    its own), else the model in ``checkpoint``.
+    normalisation: under a second for a 256x256x10x25 cine, returned at
+    once), else the session's network on ``image`` (normalised on its own),
+    else the model in ``checkpoint``. Those two predict a few slices at a
+    time (:meth:`~napari_sizeloss.trainer.Predictor.iter_probabilities`).
+
+    Yields
+    ------
+    PredictionProgress
+        After each chunk of slices; the first carries the mask of slice
+        ``preview`` (the one on screen), predicted alone before the others.
+
+    Returns
+    -------
+    VolumePrediction
+        The whole volume (the worker's ``returned`` value).
     """
     preload_writer()  # once per process; there will be something to export
     if session is not None and same_image:
@@ -220,7 +258,16 @@ def predict_job(image: np.ndarray, session=None, checkpoint: str | None = None, 
         predictor = Predictor.from_checkpoint(checkpoint, device="auto")
     else:
         raise ValueError("no model yet: train one or load one with Load model")
-    mask = np.asarray(predictor.predict(image), dtype=np.uint8)
+    mask = np.zeros(image.shape, dtype=np.uint8, order="F")
+    total, done = image.shape[2] * image.shape[3], 0
+    for slices, probs in predictor.iter_probabilities(image, first=preview):
+        mask[:, :, slices[:, 0], slices[:, 1]] = probs > predictor.threshold
+        done += len(slices)
+        if preview is not None and done == 1:
+            z, t = preview
+            yield PredictionProgress(done, total, z=z, t=t, mask=mask[:, :, z, t].copy())
+        else:
+            yield PredictionProgress(done, total)
     return VolumePrediction(mask=mask, sizes_px=mask.sum(axis=(0, 1)).astype(np.float64))
 
 

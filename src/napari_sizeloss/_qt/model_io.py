@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 from qtpy.QtWidgets import QFileDialog
 
-from ..compute_thread import call
+from ..compute_thread import call, run_generator
 from . import autosave
-from .jobs import check_checkpoint, predict_job
+from .jobs import PredictionProgress, check_checkpoint, predict_job
 from .layers import VolumeError, geometry_of
 
 
@@ -38,21 +38,29 @@ class ModelIOMixin:
 
         image = self.geometry.to_core(np.asarray(self.image_layer.data))
         same = self.session is not None and self.session_image == self.geometry.name
-        worker = create_worker(
-            call,
-            predict_job,
+        job = predict_job(
             image,
             session=self.session,
             checkpoint=None if self.session is not None else self.checkpoint_path,
             same_image=same,
-            _start_thread=False,
-            _ignore_errors=True,
+            preview=self.current_slice(),
         )
+        # the job's body runs on the one compute thread (see napari_sizeloss.compute_thread)
+        worker = create_worker(run_generator, job, _start_thread=False, _ignore_errors=True)
         self._ensure_prediction_layer()
-        self.progress.setRange(0, 0)  # busy indicator
         self._run(worker, "predict")
+        self.progress.setRange(0, 0)  # busy indicator until the first slice is done
         self._message(f"predicting {self.geometry.name!r}…", notify=False)
         return True
+
+    def _on_prediction_progress(self, item: PredictionProgress) -> None:
+        """Show the slice on screen as soon as it is predicted, and how far the volume is."""
+        if item.mask is not None and self.tracker is not None:
+            if self.tracker.write_slice(item.z, item.t, item.mask, protected=self.supervision.corrected):
+                self._show_current_area()
+        self.progress.setRange(0, item.total)
+        self.progress.setValue(item.done)
+        self.progress.setFormat(f"predicting: {item.done}/{item.total} slices")
 
     def _geometry_problem(self) -> str:
         try:

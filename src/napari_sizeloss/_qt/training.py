@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..compute_thread import run_generator
-from .jobs import SessionReady, TrainRequest, VolumePrediction, training_job
+from .jobs import PredictionProgress, SessionReady, TrainRequest, VolumePrediction, training_job
 from .layers import ROLE_PREDICTION, SeedsShapeError, VolumeError, find_companion, geometry_of, make_prediction_layer
 from .prediction import PredictionTracker
 
@@ -152,6 +152,9 @@ class TrainingMixin:
             return
         if isinstance(item, VolumePrediction):
             self._apply_volume(item)
+            return
+        if isinstance(item, PredictionProgress):
+            self._on_prediction_progress(item)
             return
         if isinstance(item, dict) and item.get("kind") == "checkpoint":
             self._on_model_loaded(item)
