@@ -244,6 +244,8 @@ def test_save_load_model_and_predict_another_volume(viewer, widget, qtbot, tmp_p
     assert reports[0][:5] == (1, 6, 2, 1, True) and reports[-1][:2] == (6, 6)
     np.testing.assert_array_equal(reports[0][5], np.asarray(prediction.data)[1, 2])
     assert reports[-1][6:] == (6, 6)  # the progress bar followed the slices
+    assert "predicted 'other subject'" in widget.status.text()  # no longer "predicting…"
+    assert widget.progress.value() == widget.progress.maximum() and widget.progress.format() == "prediction done"
     assert prediction.data.shape == layer.data.shape
     assert set(np.unique(prediction.data)) <= {0, 1}
     assert widget.tracker.has_prediction

@@ -243,8 +243,13 @@ class TrainingMixin:
                 self._message("stopped before the first step: the network and its prediction are unchanged",
                               notify=False)
         elif job == "predict":
-            self.progress.setFormat("prediction done")
-        self._update_buttons()
+            self.progress.setFormat("prediction done" if not failed else "prediction failed")
+            if not failed and self.geometry is not None:
+                self._message(f"predicted {self.geometry.name!r}; edit the prediction and Export masks, "
+                              "or add dots and Train to adapt the model to this image", "success", notify=False)
+        self._update_buttons()  # back to the bar's idle range
+        if job == "predict":
+            self.progress.setValue(0 if failed else self.progress.maximum())
         self._schedule_autosave()
 
     # ========================================================= corrections
