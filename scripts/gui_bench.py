@@ -112,14 +112,18 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("NAPARI_SIZELOSS_DATA_DIR", tempfile.mkdtemp(prefix="napari-sizeloss-bench-"))
 
     import napari
-    import torch
 
+    # No torch here before the first Train press: a user's napari has not imported it either, and the
+    # widget's compute thread importing it (with torch._dynamo, which torch.optim pulls in) is part of
+    # what the first press costs.
     from napari_sizeloss.bounds import SizeBounds
     from napari_sizeloss.compute_thread import call
     from napari_sizeloss.demo import make_demo_case
-    from napari_sizeloss.trainer import TrainingSession
     from napari_sizeloss.weak_labels import dot_centres
     from napari_sizeloss._qt.jobs import build_config
+
+    if "torch" in sys.modules:
+        raise SystemExit("error: torch was imported before the first Train press; the first press would look cheaper")
 
     case = make_demo_case(seed=0, shape=args.shape)
     ph = case.phantom
@@ -207,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         as in the CLI's single thread); the viewer stays open but its event
         loop waits meanwhile, so nothing is drawn.
         """
+        from napari_sizeloss.trainer import TrainingSession
+
         request = widget._snapshot_request()
         config = build_config({**request.config, "steps": steps})
         session = TrainingSession(
@@ -239,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         "shape": list(case.image.shape),
         "steps": args.steps,
         "repeats": args.repeats,
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": call(lambda: sys.modules["torch"].get_num_threads()),
         "gui_images_per_s": round(gui, 1),
         "cli_images_per_s": round(cli, 1),
         "gui_over_cli": round(gui / cli, 3),

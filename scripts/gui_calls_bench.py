@@ -26,7 +26,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 
@@ -36,7 +35,7 @@ def _one_process(shape: tuple[int, int, int, int]) -> dict[str, float]:
     import numpy as np
     from qtpy.QtWidgets import QApplication
 
-    from napari_sizeloss._qt.jobs import VolumePrediction, preload_writer
+    from napari_sizeloss._qt.jobs import VolumePrediction
 
     os.environ.setdefault("NAPARI_SIZELOSS_DATA_DIR", tempfile.mkdtemp(prefix="napari-sizeloss-bench-"))
     X, Y, Z, T = shape
@@ -63,11 +62,8 @@ def _one_process(shape: tuple[int, int, int, int]) -> dict[str, float]:
     idle(1.0)
     mask = np.zeros((X, Y, Z, T), dtype=np.uint8)
     mask[X // 3 : X // 2, Y // 3 : Y // 2] = 1
-    # built as the training job builds it, in its worker thread (not timed here), which also imports the writer
+    # built as the training job builds it, in its worker thread (not timed here)
     prediction = VolumePrediction(mask=mask, sizes_px=mask.sum(axis=(0, 1)).astype(float))
-    loader = threading.Thread(target=preload_writer)
-    loader.start()
-    loader.join()
     timed("write_prediction_first_ms", lambda: widget._apply_volume(prediction))
     timed("write_prediction_again_ms", lambda: widget._apply_volume(prediction))
     widget.tracker.layer.data[T - 1, Z // 2, :20, :20] = 1  # the user paints on one slice

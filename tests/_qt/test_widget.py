@@ -184,20 +184,6 @@ def test_export_before_any_prediction_is_refused(widget, tmp_path):
     assert not (tmp_path / "mask.nii.gz").exists()
 
 
-def test_jobs_import_the_writer_in_their_worker_so_export_does_not_on_the_gui_thread():
-    """nibabel (60-80 ms to import) is loaded by a prediction job, not by the first Export masks."""
-    code = (
-        "import sys, numpy as np\n"
-        "from napari_sizeloss._qt.jobs import predict_job\n"
-        "before = 'nibabel' in sys.modules\n"
-        "try:\n    list(predict_job(np.zeros((8, 8, 1, 1), np.float32)))  # a generator: run it\n"
-        "except ValueError:\n    pass  # no model: refused after the import\n"
-        "print(before, 'nibabel' in sys.modules)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "True"]
-
-
 def test_widget_module_does_not_import_torch():
     code = "import sys, napari_sizeloss._widget; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

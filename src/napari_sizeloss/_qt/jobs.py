@@ -112,16 +112,6 @@ class PredictionProgress:
     mask: np.ndarray | None = None
 
 
-def preload_writer() -> None:
-    """Import the NIfTI writer, and with it nibabel (60-80 ms), in the calling worker thread.
-
-    The widget opens without nibabel when its image did not come from a file
-    (the sample phantom, an array); the jobs call this so that the first
-    Export masks does not import it on the GUI thread.
-    """
-    from .. import _writer  # noqa: F401
-
-
 def build_config(overrides: dict[str, Any]):
     """``TrainConfig.interactive(**overrides)``."""
     from ..trainer import TrainConfig
@@ -201,11 +191,7 @@ def training_job(request: TrainRequest, session=None) -> Iterator[Any]:
         yield event
     if done is not None and done.step == 0:
         return  # no step taken: an untrained network's prediction would only replace the shown one
-    prediction = session_prediction(session)
-    # There is now something to export. Imported here, while the GUI waits for the prediction: once the
-    # GUI has it, the import's interpreter-lock holds would slow its write of the volume (by ~40 ms).
-    preload_writer()
-    yield prediction
+    yield session_prediction(session)
 
 
 def session_prediction(session) -> VolumePrediction:
@@ -247,7 +233,6 @@ def predict_job(
     VolumePrediction
         The whole volume (the worker's ``returned`` value).
     """
-    preload_writer()  # once per process; there will be something to export
     if session is not None and same_image:
         return session_prediction(session)
     from ..trainer import Predictor
