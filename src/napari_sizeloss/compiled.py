@@ -31,8 +31,6 @@ Shapes: whatever the wrapped model takes; nothing here changes them.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import importlib.util
 import json
 import os
@@ -46,6 +44,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+
+from .gc_scope import (
+    collect_new_objects_only,  # re-exported: the compiled-load path uses it
+)
 
 __all__ = [
     "CompileUnavailable",
@@ -343,30 +345,3 @@ def _ahead_marker(spec: dict):
         return None
     key = json.dumps([spec, torch.__version__, sys.version, platform.machine()], sort_keys=True)
     return root / "napari-sizeloss-ahead" / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
-
-
-@contextlib.contextmanager
-def collect_new_objects_only():
-    """Inside, the garbage collector scans only objects created inside; afterwards, all again.
-
-    ``gc.freeze()`` on entry moves every object alive into the collector's
-    permanent generation, ``gc.unfreeze()`` on exit moves them back. Meant
-    for loading a compiled network in napari's process: the full
-    collections that loading triggers then scan its own new objects, not
-    napari's and torch's whole heap, while holding the interpreter lock.
-    Cyclic garbage made of objects from before waits until after the block
-    (nothing is lost: unfreezing hands it back to the collector). Not
-    reentrant in effect: an inner block's exit unfreezes for the outer.
-
-    Measured in the widget (``scripts/gui_bench.py --compile`` with the
-    cache filled, against ``--no-gc-freeze``, three alternating runs each):
-    the longest stall while the compiled network loads went from 294-429 ms
-    to 124-198 ms. Freezing for good (no unfreeze) would also end later
-    collections, but it keeps every napari layer removed afterwards alive:
-    layers sit in reference cycles.
-    """
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()

@@ -184,6 +184,37 @@ def test_export_before_any_prediction_is_refused(widget, tmp_path):
     assert not (tmp_path / "mask.nii.gz").exists()
 
 
+def test_a_round_builds_its_session_with_collections_confined_to_new_objects(monkeypatch):
+    """The first round imports torch and builds a network inside napari: a full collection of napari's
+    whole heap then would freeze the window ~300 ms, so the collector sees only the new objects."""
+    import gc
+
+    from napari_sizeloss._qt.jobs import SessionReady, TrainRequest, training_job
+    from napari_sizeloss.trainer import TrainingSession
+
+    frozen_while_built = []
+    build = TrainingSession.__init__
+
+    def recording(self, *args, **kwargs):
+        frozen_while_built.append(gc.get_freeze_count())
+        build(self, *args, **kwargs)
+
+    monkeypatch.setattr(TrainingSession, "__init__", recording)
+    image = np.random.default_rng(0).random((32, 32, 2, 1)).astype(np.float32)
+    seeds = np.zeros(image.shape, np.uint8)
+    seeds[16, 16, 0, 0] = 1
+    corrected = np.zeros((2, 1), bool)
+    request = TrainRequest(
+        image=image, seeds=seeds, lower=10, upper=200, unit="px", spacing=None, absent=corrected.copy(),
+        corrected=corrected, corrections=np.zeros((32, 32, 0), np.uint8), config={"steps": 1},
+    )
+    job = training_job(request)
+    assert isinstance(next(job), SessionReady)
+    job.close()
+    assert frozen_while_built and frozen_while_built[0] > 0  # everything older was out of the collector's scans
+    assert gc.get_freeze_count() == 0  # and handed back afterwards: nothing stays out of reach
+
+
 def test_widget_module_does_not_import_torch():
     code = "import sys, napari_sizeloss._widget; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -127,26 +127,8 @@ def _carry_weights(session) -> str:
     return handle.name
 
 
-def training_job(request: TrainRequest, session=None) -> Iterator[Any]:
-    """Train one round; runs in a thread worker.
-
-    Yields
-    ------
-    SessionReady
-        Once, first: the (new or updated) session, so the GUI can stop it or
-        ask it for previews.
-    ProgressEvent
-        One per step, then the DONE event (``stopped=True`` after Stop).
-    VolumePrediction
-        Last: the whole volume predicted with the final weights; not when
-        the round was stopped before its first step (say, during a compile):
-        the weights did not change, so the shown prediction still holds.
-
-    A session that exists and runs on the requested device keeps its weights
-    and optimiser and gets the new supervision and settings; otherwise a new
-    session starts from ``request.checkpoint`` (or from the old session's
-    weights when only the device changed).
-    """
+def _prepare_session(request: TrainRequest, session=None):
+    """The session a round trains: ``session`` updated, or a new one. Returns ``(session, resumed)``."""
     from ..bounds import SizeBounds
     from ..trainer import TrainingSession
     from .supervision import unpack_corrections
@@ -183,6 +165,35 @@ def training_job(request: TrainRequest, session=None) -> Iterator[Any]:
         finally:
             if carried:
                 Path(carried).unlink(missing_ok=True)
+    return session, resumed
+
+
+def training_job(request: TrainRequest, session=None) -> Iterator[Any]:
+    """Train one round; runs in a thread worker.
+
+    Yields
+    ------
+    SessionReady
+        Once, first: the (new or updated) session, so the GUI can stop it or
+        ask it for previews.
+    ProgressEvent
+        One per step, then the DONE event (``stopped=True`` after Stop).
+    VolumePrediction
+        Last: the whole volume predicted with the final weights; not when
+        the round was stopped before its first step (say, during a compile):
+        the weights did not change, so the shown prediction still holds.
+
+    A session that exists and runs on the requested device keeps its weights
+    and optimiser and gets the new supervision and settings; otherwise a new
+    session starts from ``request.checkpoint`` (or from the old session's
+    weights when only the device changed).
+    """
+    from ..gc_scope import collect_new_objects_only
+
+    # The first round in a process imports torch and builds a network: well over a million objects
+    # join napari's heap, and a full garbage collection of it would freeze the window ~300 ms.
+    with collect_new_objects_only():
+        session, resumed = _prepare_session(request, session)
     yield SessionReady(session=session, resumed=resumed)
     session.request_preview(*request.preview)
     done = None
@@ -235,14 +246,17 @@ def predict_job(
     """
     if session is not None and same_image:
         return session_prediction(session)
-    from ..trainer import Predictor
+    from ..gc_scope import collect_new_objects_only
 
-    if session is not None:
-        predictor = Predictor(model=session.model, device=session.device)
-    elif checkpoint is not None:
-        predictor = Predictor.from_checkpoint(checkpoint, device="auto")
-    else:
-        raise ValueError("no model yet: train one or load one with Load model")
+    with collect_new_objects_only():  # maybe the process's first torch import and network (see training_job)
+        from ..trainer import Predictor
+
+        if session is not None:
+            predictor = Predictor(model=session.model, device=session.device)
+        elif checkpoint is not None:
+            predictor = Predictor.from_checkpoint(checkpoint, device="auto")
+        else:
+            raise ValueError("no model yet: train one or load one with Load model")
     mask = np.zeros(image.shape, dtype=np.uint8, order="F")
     total, done = image.shape[2] * image.shape[3], 0
     for slices, probs in predictor.iter_probabilities(image, first=preview):
@@ -263,9 +277,12 @@ def check_checkpoint(path: str) -> dict[str, Any]:
     metadata; raises the core's ``CheckpointError`` / ``ValueError`` with a
     message naming the file otherwise.
     """
-    from ..trainer import Predictor
+    from ..gc_scope import collect_new_objects_only
 
-    predictor = Predictor.from_checkpoint(path, device="cpu")
+    with collect_new_objects_only():  # maybe the process's first torch import and network (see training_job)
+        from ..trainer import Predictor
+
+        predictor = Predictor.from_checkpoint(path, device="cpu")
     config = getattr(predictor.model, "config", {}) or {}
     if config.get("in_channels", 1) != 1:
         raise ValueError(
