@@ -20,10 +20,10 @@ workers, which then only wait on this thread.
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Generator, Iterator, TypeVar
 
-__all__ = ["call", "compute_thread_ident", "run_generator"]
+__all__ = ["call", "compute_thread_ident", "run_generator", "submit"]
 
 T = TypeVar("T")
 
@@ -62,6 +62,11 @@ def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     if threading.get_ident() == _ident:
         return fn(*args, **kwargs)
     return _get_executor().submit(fn, *args, **kwargs).result()
+
+
+def submit(fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
+    """Queue ``fn(*args, **kwargs)`` on the compute thread without waiting: its :class:`~concurrent.futures.Future`."""
+    return _get_executor().submit(fn, *args, **kwargs)
 
 
 def _advance(gen: Iterator[T]) -> tuple[bool, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -213,6 +214,33 @@ def test_a_round_builds_its_session_with_collections_confined_to_new_objects(mon
     job.close()
     assert frozen_while_built and frozen_while_built[0] > 0  # everything older was out of the collector's scans
     assert gc.get_freeze_count() == 0  # and handed back afterwards: nothing stays out of reach
+
+
+def test_unfolding_advanced_settings_does_not_import_torch_on_the_gui_thread():
+    """It used to: a 2.7-3.5 s freeze. The defaults are torch-free; the devices come from the compute thread."""
+    code = """
+import sys
+from qtpy.QtWidgets import QApplication
+app = QApplication([])
+import napari_sizeloss.compute_thread as ct
+queued = []
+ct.submit = lambda fn, *a, **k: queued.append(fn) or _Pending()
+class _Pending:
+    def done(self): return False
+from napari_sizeloss._qt.settings import AdvancedSettings
+panel = AdvancedSettings()
+panel.ensure_loaded()
+print('torch' in sys.modules, panel.steps.value(), panel.batch_size.value(), panel.crop.value(),
+      [panel.device.itemText(i) for i in range(panel.device.count())], [f.__name__ for f in queued],
+      panel.overrides()['device'], panel.devices_known)
+"""
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}  # plain Qt widgets: no OpenGL needed
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    from napari_sizeloss.config import TrainConfig
+
+    cfg = TrainConfig.interactive()
+    assert out.stdout.split(None, 4)[:4] == ["False", str(cfg.steps), str(cfg.batch_size), str(cfg.crop)]
+    assert "['auto', 'cpu'] ['probe_devices'] auto False" in out.stdout
 
 
 def test_widget_module_does_not_import_torch():

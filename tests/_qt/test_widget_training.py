@@ -384,12 +384,13 @@ def test_stop_during_the_compile_cancels_it_and_keeps_the_shown_prediction(viewe
     assert widget.tracker is None or not widget.tracker.has_prediction
 
 
-def test_compile_checkbox_is_disabled_without_a_compiler(viewer, monkeypatch):
+def test_compile_checkbox_is_disabled_without_a_compiler(viewer, monkeypatch, qtbot):
     import napari_sizeloss.compiled as compiled
 
     monkeypatch.setattr(compiled, "_cpp_compiler", lambda: None)
     widget = open_widget(viewer)
     widget.settings.ensure_loaded()
+    qtbot.waitUntil(lambda: widget.settings.devices_known, timeout=20_000)  # checked on the compute thread
     box = widget.settings.compile
     assert not box.isEnabled() and not box.isChecked()
     assert "C++ compiler" in box.toolTip()

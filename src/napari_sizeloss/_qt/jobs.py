@@ -112,9 +112,25 @@ class PredictionProgress:
     mask: np.ndarray | None = None
 
 
+def probe_devices() -> tuple[list[str], str | None]:
+    """The devices torch can use here and why ``torch.compile`` cannot run on the CPU (None: it can).
+
+    Imports torch and ``torch._dynamo`` (2-3 s the first time), so the widget
+    runs it on the compute thread, with collections confined to the new
+    objects (see :func:`training_job`).
+    """
+    from ..gc_scope import collect_new_objects_only
+
+    with collect_new_objects_only():
+        from ..compiled import compile_unavailable_reason
+        from ..device import available_devices
+
+        return [str(d) for d in available_devices()], compile_unavailable_reason("cpu")
+
+
 def build_config(overrides: dict[str, Any]):
     """``TrainConfig.interactive(**overrides)``."""
-    from ..trainer import TrainConfig
+    from ..config import TrainConfig
 
     return TrainConfig.interactive(**overrides)
 

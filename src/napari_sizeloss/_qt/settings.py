@@ -1,17 +1,20 @@
 """The folded "Advanced settings" panel: training budget, optimiser, loss, device, crop.
 
-Nothing here imports torch until the panel is first unfolded (or its values
-are first needed): then the defaults are read from
-``TrainConfig.interactive()`` and the device list from
-``napari_sizeloss.device.available_devices()``. Until then
-:meth:`AdvancedSettings.overrides` is empty, so training uses the
-interactive defaults.
+Nothing here imports torch on the GUI thread. When the panel is first
+unfolded (or its values are first needed) the defaults are read from
+``TrainConfig.interactive()`` (torch-free), and the device list, from
+``napari_sizeloss.device.available_devices()``, and whether
+``torch.compile`` can run come from the compute thread, which imports torch
+meanwhile (the panel offers ``auto`` and ``cpu`` until then). Until the
+panel is loaded :meth:`AdvancedSettings.overrides` is empty, so training
+uses the interactive defaults.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -24,7 +27,7 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
-PENALTIES = ("quadratic", "log-barrier")
+from ..config import PENALTIES, TrainConfig
 
 
 class AdvancedSettings(QCollapsible):
@@ -33,6 +36,10 @@ class AdvancedSettings(QCollapsible):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__("Advanced settings", parent)
         self._loaded = False
+        self._devices = None  # the compute thread's (devices, compile check), a Future until shown
+        self._devices_timer = QTimer(self)
+        self._devices_timer.setInterval(100)
+        self._devices_timer.timeout.connect(self._show_devices)
         body = QWidget()
         form = QFormLayout(body)
 
@@ -117,13 +124,9 @@ class AdvancedSettings(QCollapsible):
 
     # ----------------------------------------------------------------- API
     def ensure_loaded(self) -> None:
-        """Fill in the defaults of ``TrainConfig.interactive()`` and the available devices (imports torch)."""
+        """Fill in the defaults of ``TrainConfig.interactive()``; the devices follow from the compute thread."""
         if self._loaded:
             return
-        from ..compiled import compile_unavailable_reason
-        from ..device import available_devices
-        from ..trainer import TrainConfig
-
         cfg = TrainConfig.interactive()
         self.steps.setValue(int(cfg.steps or 300))
         if cfg.minutes:
@@ -136,18 +139,42 @@ class AdvancedSettings(QCollapsible):
         self.augment.setChecked(bool(cfg.augment))
         self.preview_every.setValue(int(cfg.preview_every or 10))
         self.compile.setChecked(bool(cfg.compile))
-        devices = [str(d) for d in available_devices()]
-        reason = compile_unavailable_reason("cpu")  # the CUDA case is checked when training starts
+        self.device.clear()
+        self.device.addItems(["auto", "cpu"])  # until the compute thread has looked
+        self._loaded = True
+        from ..compute_thread import submit
+        from .jobs import probe_devices
+
+        self._devices = submit(probe_devices)
+        self._devices_timer.start()
+
+    def _show_devices(self) -> None:
+        """Timer slot: put the compute thread's device list and compile check in the panel once ready."""
+        if self._devices is None or not self._devices.done():
+            return
+        self._devices_timer.stop()
+        future, self._devices = self._devices, None
+        try:
+            devices, reason = future.result()
+        except Exception:  # noqa: BLE001 - torch unusable here: training will say why, in one line
+            return
         if reason is not None and not any(d.startswith("cuda") for d in devices):
             self.compile.setChecked(False)
             self.compile.setEnabled(False)
             self.compile.setToolTip(reason.replace("drop --compile", "unavailable here"))
+        chosen = self.device.currentText()
         self.device.clear()
         self.device.addItem("auto")
         for name in devices:
             if name != "auto":
                 self.device.addItem(name)
-        self._loaded = True
+        if self.device.findText(chosen) >= 0:
+            self.device.setCurrentText(chosen)
+
+    @property
+    def devices_known(self) -> bool:
+        """Whether the device list comes from torch yet (not the ``auto``/``cpu`` placeholder)."""
+        return self._loaded and self._devices is None
 
     @property
     def loaded(self) -> bool:
