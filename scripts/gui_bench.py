@@ -4,7 +4,9 @@ Opens napari on the cine phantom, adds the dock widget, clicks the demo's dots
 through the seeds layer (as a user would), sets the demo's bounds, and trains
 a fixed number of steps in the widget's thread worker while a 10 ms Qt timer
 records how long the event loop goes without running it (a stall is a frozen
-window). Then trains the same request with the same settings in a plain
+window); before that, the widget's loading of torch on its compute thread
+(which it starts when it gets an image) is timed the same way. Then trains
+the same request with the same settings in a plain
 ``TrainingSession`` (what ``napari-sizeloss train`` runs) and prints both
 throughputs and their ratio.
 
@@ -150,7 +152,18 @@ def main(argv: list[str] | None = None) -> int:
     unit = widget.bounds_panel.unit
     bounds = case.bounds.to_mm2(ph.spacing[:2]) if unit == "mm2" else case.bounds
     widget.bounds_panel.set_bounds(bounds.lower, bounds.upper)
-    widget.settings.ensure_loaded()
+    widget.settings.ensure_loaded()  # already, by the widget: it started loading torch
+    meter = StallMeter()
+
+    # The widget loads torch on its compute thread once it has an image, while a user places dots:
+    # the longest stall of the event loop meanwhile, and how long it takes.
+    meter.start()
+    t_load = time.perf_counter()
+    run_until(lambda: widget.settings.devices_known, timeout_s=120)
+    torch_load_s = time.perf_counter() - t_load
+    meter.stop()
+    torch_load_stall_ms = meter.longest()
+    torch_load_stalls = meter.count(100.0)
     if args.compile:
         if not widget.settings.compile.isEnabled():
             raise SystemExit(f"error: {widget.settings.compile.toolTip()}")
@@ -164,8 +177,6 @@ def main(argv: list[str] | None = None) -> int:
             import napari_sizeloss.compiled as compiled
 
             compiled.collect_new_objects_only = contextlib.nullcontext  # collections scan the whole heap
-
-    meter = StallMeter()
 
     on_progress = widget._on_progress
     marks: dict[str, float] = {}
@@ -253,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
         "max_event_loop_stall_ms_worst": round(max(stalls), 1),
         "round_start_end_stall_ms": round(statistics.median(edge_stalls), 1),
         "widget_open_ms": round(open_ms, 1),
+        "torch_load_s": round(torch_load_s, 2),
+        "torch_load_stall_ms": round(torch_load_stall_ms, 1),
+        "torch_load_stalls_over_100ms": torch_load_stalls,
         "first_train_press_stall_ms": round(first_press_stall, 1),
         "first_train_press_to_first_step_s": round(first_press_to_step, 2),
         "first_train_press_stalls_over_100ms": first_press_stalls,
@@ -268,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"longest event-loop stall while steps run: {result['max_event_loop_stall_ms']} ms (median over rounds; worst {result['max_event_loop_stall_ms_worst']} ms)")
     print(f"longest stall at the start or end of a round (snapshot, whole-volume update): {result['round_start_end_stall_ms']} ms (median)")
     print(f"opening the widget on the image (the widget, its seeds and prediction layers): {open_ms:.0f} ms")
+    print(f"then torch loads on the compute thread: {torch_load_s:.1f} s, longest stall {torch_load_stall_ms:.0f} ms, "
+          f"{torch_load_stalls} over 100 ms")
     what = " (compiles the network)" if args.compile else ""
     print(f"first Train press{what}: longest stall {first_press_stall:.0f} ms, "
           f"{first_press_to_step:.1f} s to the first step, {first_press_stalls} stalls over 100 ms until then")

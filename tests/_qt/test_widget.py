@@ -33,6 +33,14 @@ def test_widget_opens_through_the_manifest_on_the_phantom(viewer, widget):
     assert widget.tracker is not None and widget.tracker.layer is prediction and not widget.tracker.has_prediction
 
 
+def test_an_image_starts_loading_torch_on_the_compute_thread(widget, qtbot):
+    """While the user places dots, not at the first Train press (seconds later to the first step)."""
+    assert widget.settings.loaded  # the defaults are in the panel
+    qtbot.waitUntil(lambda: widget.settings.devices_known, timeout=60_000)  # the compute thread's answer
+    names = [widget.settings.device.itemText(i) for i in range(widget.settings.device.count())]
+    assert names[0] == "auto" and "cpu" in names
+
+
 def test_one_click_one_dot_target_then_background(viewer, widget, qtbot):
     seeds = widget.seeds_layer
     gt = viewer.layers["cine phantom ground truth"]

@@ -406,6 +406,9 @@ class SizeLossWidget(AnnotationMixin, TrainingMixin, ModelIOMixin, AutosaveMixin
         self._refresh_layer_choices()
         self._refresh_views()
         self._update_buttons()
+        # torch loads on the compute thread now, while the user places dots, rather than at the first
+        # Train press (2-3 s later to the first step, and hitches of up to ~0.6 s while they watch).
+        self.settings.ensure_loaded()
 
     def _activate_seeds_layer(self) -> None:
         from napari.layers import Points
