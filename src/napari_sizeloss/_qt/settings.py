@@ -1,7 +1,7 @@
 """The folded "Advanced settings" panel: training budget, optimiser, loss, device, crop.
 
-Nothing here imports torch on the GUI thread. When the panel is first
-unfolded (or its values are first needed) the defaults are read from
+Nothing here imports torch on the GUI thread. When the widget gets an image
+(or the panel is first unfolded) the defaults are read from
 ``TrainConfig.interactive()`` (torch-free), and the device list, from
 ``napari_sizeloss.device.available_devices()``, and whether
 ``torch.compile`` can run come from the compute thread, which imports torch
