@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from napari_sizeloss._qt import autosave
+from napari_sizeloss._qt.supervision import pack_corrections, unpack_corrections
 
 
 @pytest.fixture(autouse=True)
@@ -29,7 +30,7 @@ def _work(fp: str) -> autosave.SavedWork:
         kinds=["target", "background"],
         absent=absent,
         corrected=corrected,
-        corrections=autosave.pack_corrections(corrections, corrected),
+        corrections=pack_corrections(corrections, corrected),
         bounds=(120.5, 900.0, "mm2"),
     )
 
@@ -64,8 +65,6 @@ def test_work_that_does_not_fit_the_image_is_recognised():
 
 
 def test_packing_keeps_exactly_the_corrected_slices():
-    from napari_sizeloss._qt.supervision import pack_corrections, unpack_corrections
-
     rng = np.random.default_rng(0)
     volume = (rng.random((6, 5, 4, 3)) > 0.5).astype(np.uint8)
     corrected = np.zeros((4, 3), bool)

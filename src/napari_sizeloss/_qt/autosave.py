@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .._atomic import publish_atomically
-from .supervision import pack_corrections, unpack_corrections
+from .supervision import unpack_corrections
 
 DATA_DIR_ENV = "NAPARI_SIZELOSS_DATA_DIR"
 SUFFIX = ".sizeloss.npz"

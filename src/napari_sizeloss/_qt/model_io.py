@@ -55,9 +55,8 @@ class ModelIOMixin:
 
     def _on_prediction_progress(self, item: PredictionProgress) -> None:
         """Show the slice on screen as soon as it is predicted, and how far the volume is."""
-        if item.mask is not None and self.tracker is not None:
-            if self.tracker.write_slice(item.z, item.t, item.mask, protected=self.supervision.corrected):
-                self._show_current_area()
+        if item.mask is not None:
+            self._show_model_slice(item.z, item.t, item.mask)
         self.progress.setRange(0, item.total)
         self.progress.setValue(item.done)
         self.progress.setFormat(f"predicting: {item.done}/{item.total} slices")

@@ -44,7 +44,7 @@ class AutosaveMixin:
             kinds=kinds,
             absent=sup.absent.copy(),
             corrected=sup.corrected.copy(),
-            corrections=autosave.pack_corrections(sup.corrections, sup.corrected),
+            corrections=sup.packed_corrections(),
             bounds=(lower, upper, self.bounds_panel.unit),
         )
 

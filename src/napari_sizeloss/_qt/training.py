@@ -184,10 +184,13 @@ class TrainingMixin:
         if not self._progress_timer.isActive():
             self._progress_timer.start()
         self.loss_plot.append(event.ce, event.size)
-        if event.preview is not None and self.tracker is not None:
-            preview = event.preview
-            if self.tracker.write_slice(preview.z, preview.t, preview.mask, protected=self.supervision.corrected):
-                self._show_current_area()
+        if event.preview is not None:
+            self._show_model_slice(event.preview.z, event.preview.t, event.preview.mask)
+
+    def _show_model_slice(self, z: int, t: int, mask_xy: np.ndarray) -> None:
+        """Put the model's mask ``(X, Y)`` of slice ``(z, t)`` on the prediction layer (not over edits or corrections)."""
+        if self.tracker is not None and self.tracker.write_slice(z, t, mask_xy, protected=self.supervision.corrected):
+            self._show_current_area()
 
     def _show_progress(self) -> None:
         """Show the latest step event on the progress bar (timer slot)."""
