@@ -66,7 +66,12 @@ def test_one_fused_training_step_of_enet_matches_the_plain_step():
         assert float(_loss(fast, x, y)) == pytest.approx(float(_loss(plain, x, y)), rel=1e-4)
 
 
-def test_batched_channels_last_prediction_matches_slice_by_slice_fp32():
+@pytest.mark.parametrize("fold", [False, True])
+def test_batched_channels_last_prediction_matches_slice_by_slice_fp32(monkeypatch, fold):
+    """Folded (large predictions) or not, channels-last batches give the plain path's probabilities."""
+    from napari_sizeloss import inference
+    from napari_sizeloss.device import to_channels_last
+
     torch.manual_seed(1)
     model = ENet()
     image = np.random.default_rng(0).random((40, 36, 3, 2), dtype=np.float32)
@@ -79,8 +84,38 @@ def test_batched_channels_last_prediction_matches_slice_by_slice_fp32():
         ],
         2,
     )
+    if fold:
+        monkeypatch.setattr(inference, "FOLD_MIN_PIXELS", 40 * 36 * 6)
+    net = inference.inference_model(model, 40 * 36 * 6, channels_last=True)  # what predict_volume will run
+    seen = []
+    conv = net.down1.branch[0]
+    handle = conv.register_forward_pre_hook(lambda m, args: seen.append(args[0].stride() == to_channels_last(args[0]).stride()))
     fast = predict_volume(model, image, normalisation=None, batch_size=6, channels_last=True)
+    handle.remove()
     np.testing.assert_allclose(fast, plain, atol=1e-5)
+    # the folded copy runs channels-last; the model itself (too small to fold) in its own layout, never mixed
+    assert seen == [fold]
+
+
+def test_a_channels_last_training_step_computes_the_contiguous_one():
+    """In float64, where rounding cannot hide a difference (float32 differs by up to about 1 %)."""
+    from napari_sizeloss.device import to_channels_last
+
+    torch.manual_seed(0)
+    plain = ENet().double()
+    fast = ENet().double()
+    fast.load_state_dict(plain.state_dict())
+    fast.to(memory_format=torch.channels_last)
+    x, y = _batch(4)
+    x = x.double()
+    grads = []
+    for model, batch in ((plain, x), (fast, to_channels_last(x))):
+        torch.manual_seed(1)  # same dropout masks
+        _loss(model, batch, y).backward()
+        grads.append({n: p.grad.contiguous() for n, p in model.named_parameters()})
+    assert fast.down1.branch[0].weight.grad.stride() != grads[1]["down1.branch.0.weight"].stride()  # truly channels-last
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-9, atol=1e-12, msg=name)
 
 
 def test_mixed_precision_loss_and_prediction_stay_close_to_fp32():

@@ -10,7 +10,11 @@ from napari_sizeloss.device import (
     autocast_dtype,
     available_devices,
     configure_threads,
+    is_channels_last,
+    make_adam,
+    match_state_layouts,
     select_device,
+    to_channels_last,
     uses_channels_last,
 )
 
@@ -141,11 +145,68 @@ def test_autocast_is_fresh_for_every_use():
 
 
 # ------------------------------------------------------------------ memory format, threads
-def test_channels_last_only_on_cuda():
+def test_channels_last_on_cuda_and_the_cpu_not_mps():
     assert uses_channels_last(torch.device("cuda", 0))
     assert uses_channels_last("cuda")
-    assert not uses_channels_last("cpu")
+    assert uses_channels_last("cpu")
     assert not uses_channels_last(torch.device("mps"))
+
+
+def _channels_last_strides(x):
+    n, c, h, w = x.shape
+    return (c * h * w, 1, w * c, c)
+
+
+def test_to_channels_last_restrides_one_channel_batches_that_contiguous_leaves_alone():
+    x = torch.arange(2 * 1 * 3 * 4, dtype=torch.float32).reshape(2, 1, 3, 4)
+    assert x.contiguous(memory_format=torch.channels_last).stride() == x.stride()  # the trap
+    y = to_channels_last(x)
+    assert y.stride() == _channels_last_strides(y)
+    assert torch.equal(y, x)
+    conv = torch.nn.Conv2d(1, 4, 3, padding=1).to(memory_format=torch.channels_last)
+    out = conv(y)
+    assert out.stride() == _channels_last_strides(out)  # the network sees channels-last from its first layer
+    z = to_channels_last(torch.rand(2, 3, 5, 5))
+    assert z.stride() == _channels_last_strides(z) and to_channels_last(z) is z
+
+
+def test_is_channels_last_reads_the_weights_layout():
+    from napari_sizeloss.network import ENet
+
+    model = ENet()
+    assert not is_channels_last(model)
+    model.to(memory_format=torch.channels_last)
+    assert is_channels_last(model)
+    model.to(memory_format=torch.contiguous_format)
+    assert not is_channels_last(model)
+    assert not is_channels_last(torch.nn.Linear(3, 2))  # no 4-D weight
+
+
+def test_loaded_adam_moments_follow_channels_last_parameters():
+    """Contiguous moments (as a checkpoint stores them) with channels-last parameters corrupt fused Adam."""
+    g = torch.Generator().manual_seed(0)
+    start, grads = torch.randn(8, 4, 3, 3, generator=g), [torch.randn(8, 4, 3, 3, generator=g) for _ in range(2)]
+
+    def two_steps(layout, fix):
+        p = torch.nn.Parameter(start.clone().to(memory_format=layout))
+        opt = make_adam([p], 0.1, "cpu")
+        p.grad = grads[0].clone().to(memory_format=layout)
+        opt.step()
+        saved = opt.state_dict()
+        for key in ("exp_avg", "exp_avg_sq"):
+            saved["state"][0][key] = saved["state"][0][key].contiguous()
+        opt = make_adam([p], 0.1, "cpu")
+        opt.load_state_dict(saved)
+        if fix:
+            match_state_layouts(opt)
+            assert all(v.stride() == p.stride() for v in opt.state[p].values() if v.dim() == 4)
+        p.grad = grads[1].clone().to(memory_format=layout)
+        opt.step()
+        return p.detach().contiguous()
+
+    reference = two_steps(torch.contiguous_format, fix=False)
+    assert torch.allclose(two_steps(torch.channels_last, fix=True), reference, atol=1e-6)
+    assert not torch.allclose(two_steps(torch.channels_last, fix=False), reference, atol=1e-3)  # the bug it prevents
 
 
 def test_configure_threads():

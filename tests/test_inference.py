@@ -137,3 +137,18 @@ def test_predict_volume_matches_the_network_run_by_hand_folded_or_not(monkeypatc
     np.testing.assert_allclose(probs, ref, atol=1e-5)
     np.testing.assert_allclose(by_pixels, ref, atol=1e-5)
     assert 0.01 < ref.mean() < 0.99 and ref.std() > 1e-3  # a non-degenerate prediction
+
+
+def test_inference_model_lays_the_folded_copy_out_as_asked_and_leaves_the_model_alone(monkeypatch):
+    from napari_sizeloss.device import is_channels_last
+
+    monkeypatch.setattr(inference, "FOLD_MIN_PIXELS", 1000)
+    model = _enet_with_nontrivial_norms(3)
+    last = inference_model(model, 1000, channels_last=True)
+    plain = inference_model(model, 1000, channels_last=False)
+    assert is_channels_last(last) and not is_channels_last(plain) and not is_channels_last(model)
+    assert inference_model(model, 1000) is plain  # None: the model's own layout
+    assert inference_model(model, 1000, channels_last=True) is last  # both cached while the weights hold
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(last(x.to(memory_format=torch.channels_last)), plain(x), rtol=1e-4, atol=1e-5)

@@ -242,3 +242,46 @@ def test_learning_rate_decays_over_a_round_and_a_resumed_round_starts_lower(tmp_
     assert next(resumed.run()).lr == pytest.approx(0.5 * 4e-3, rel=0.05)
     paper = TrainConfig.paper(steps=5, device="cpu", preview_every=0)
     assert paper.lr_decay is None and paper.resume_lr_factor == 1.0
+
+
+def _layouts_seen(session):
+    """Whether each forward pass fed the network's second convolution a channels-last batch."""
+    from napari_sizeloss.device import to_channels_last
+
+    seen = []
+    conv = session.model.down1.branch[0]  # 16 input channels: the layout is unambiguous
+    handle = conv.register_forward_pre_hook(lambda m, args: seen.append(args[0].stride() == to_channels_last(args[0]).stride()))
+    try:
+        for _ in session.run():
+            pass
+    finally:
+        handle.remove()
+    return seen
+
+
+def test_fast_path_trains_channels_last_on_the_cpu_and_the_plain_path_contiguous():
+    """Layouts only; that both compute the same step is tested in float64 (tests/test_bench.py)."""
+    from napari_sizeloss.device import is_channels_last
+
+    image, seeds, _ = disc_volume()
+    sessions = {}
+    for amp in (True, False):
+        session = TrainingSession(image, seeds, SizeBounds(20, 300), config=small_config(steps=2, amp=amp))
+        assert is_channels_last(session.model) is amp
+        assert _layouts_seen(session) == [amp, amp]  # no mixed layouts: the batch follows the weights
+        sessions[amp] = session
+    # the same weights predict the same in either layout
+    sessions[True].model.load_state_dict(sessions[False].model.state_dict())
+    assert is_channels_last(sessions[True].model)
+    np.testing.assert_allclose(sessions[True].probabilities(), sessions[False].probabilities(), atol=1e-5)
+
+
+def test_resuming_a_channels_last_session_lays_adams_moments_out_like_the_weights(tmp_path):
+    """Fused Adam pairs elements by memory order: contiguous moments would corrupt channels-last updates."""
+    image, seeds, _ = disc_volume()
+    path = train(image, seeds, SizeBounds(60, 300), config=small_config(steps=3)).save(tmp_path / "m.ckpt")
+    resumed = TrainingSession(image, seeds, SizeBounds(60, 300), config=small_config(steps=1), checkpoint=path)
+    opt = resumed.optimizer
+    moments = [(v, p) for g in opt.param_groups for p in g["params"] for v in opt.state[p].values() if v.dim() == 4]
+    assert len(moments) > 100 and all(v.stride() == p.stride() for v, p in moments)
+    assert any(p.stride() != p.contiguous().stride() for _, p in moments)  # really channels-last

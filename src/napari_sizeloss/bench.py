@@ -62,7 +62,7 @@ def train_step_ms(device, *, size=256, batch=1, repeats=20, warmup=5, channels_l
     """
     import torch
 
-    from .device import autocast, make_adam
+    from .device import autocast, make_adam, to_channels_last
     from .losses import partial_cross_entropy, size_penalty
     from .network import ENet
 
@@ -78,7 +78,7 @@ def train_step_ms(device, *, size=256, batch=1, repeats=20, warmup=5, channels_l
         forward = CompiledForward(model)
     x = torch.rand(batch, 1, size, size, device=device)
     if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = to_channels_last(x)
     targets = torch.full((batch, size, size), -1, dtype=torch.long, device=device)
     targets[:, size // 2 - 2 : size // 2 + 2, size // 2 - 2 : size // 2 + 2] = 1
     lower = torch.full((batch, 1), 100.0, device=device)
@@ -349,10 +349,11 @@ def run_bench(args) -> int:
     info = machine_info(device)
     results: dict = {"machine": info, "quick": bool(quick)}
     print(f"machine: {info}", flush=True)
-    fast = device.type == "cuda"
+    fast = device.type == "cuda"  # mixed precision
+    layout = uses_channels_last(device)  # channels-last, as the trainer lays out eager training
     reps = 5 if quick else 20
 
-    ms = train_step_ms(device, size=256, batch=1, repeats=reps, channels_last=fast and uses_channels_last(device), amp=fast)
+    ms = train_step_ms(device, size=256, batch=1, repeats=reps, channels_last=layout, amp=fast)
     results["train_step_ms_256_b1"] = round(ms, 2)
     print(f"train step, 256x256, batch 1 (paper configuration): {ms:.1f} ms (median of {reps})", flush=True)
     gflop = enet_gflop(256)
@@ -367,7 +368,7 @@ def run_bench(args) -> int:
 
     cfg = TrainConfig.interactive()
     crop, batch = cfg.crop, cfg.batch_size
-    ms_b = train_step_ms(device, size=crop, batch=batch, repeats=reps, channels_last=fast, amp=fast)
+    ms_b = train_step_ms(device, size=crop, batch=batch, repeats=reps, channels_last=layout, amp=fast)
     ips = batch / (ms_b / 1000)
     results["train_step_ms_interactive"] = round(ms_b, 2)
     results["train_images_per_s_interactive"] = round(ips, 1)

@@ -207,7 +207,8 @@ def compiled_predictor(model: nn.Module) -> CompiledForward:
     """
     from .inference import fold_batch_norms
 
-    return CompiledForward(fold_batch_norms(model))
+    # contiguous, as predict_volume feeds a compiled forward (and as it was measured)
+    return CompiledForward(fold_batch_norms(model).to(memory_format=torch.contiguous_format))
 
 
 def compile_ahead(

@@ -44,7 +44,8 @@ class TrainConfig:
         corrections; the rest is drawn from all slices.
     one_bound : slices with dots get ``[0, upper]`` (the paper's one-bound runs).
     device : ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
-    amp : mixed precision (and channels-last) on CUDA.
+    amp : the fast path: mixed precision on CUDA; channels-last on CUDA and, unless
+        ``compile``, on the CPU. False: plain float32, contiguous (the reference path).
     compile : train through ``torch.compile`` (:mod:`napari_sizeloss.compiled`):
         1.5-1.9x the steps per second once compiled, but the first step
         compiles (80-110 s on 2 CPU cores, 3-11 s when cached; again for a

@@ -24,6 +24,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from .device import is_channels_last
+
 __all__ = ["fold_batch_norms", "count_batch_norms", "inference_model", "FOLD_MIN_PIXELS"]
 
 
@@ -106,7 +108,10 @@ def fold_batch_norms(model: nn.Module) -> nn.Module:
 FOLD_MIN_PIXELS = 2**21
 
 _cache_lock = threading.Lock()
-_cache: "weakref.WeakKeyDictionary[nn.Module, tuple[list[torch.Tensor], nn.Module]]" = weakref.WeakKeyDictionary()
+#: model -> (its parameters and buffers when folded, {channels_last: folded copy})
+_cache: "weakref.WeakKeyDictionary[nn.Module, tuple[list[torch.Tensor], dict[bool, nn.Module]]]" = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _state(model: nn.Module) -> list[torch.Tensor]:
@@ -130,22 +135,32 @@ def _unchanged(snapshot: list[torch.Tensor], model: nn.Module) -> bool:
     return True
 
 
-def inference_model(model: nn.Module, pixels: int) -> nn.Module:
+def inference_model(model: nn.Module, pixels: int, *, channels_last: bool | None = None) -> nn.Module:
     """The model to run for a prediction covering ``pixels`` pixels.
 
     A batch-norm-folded copy (:func:`fold_batch_norms`) when ``pixels`` is at
     least :data:`FOLD_MIN_PIXELS`, reused for as long as ``model``'s
     parameters and buffers are unchanged (compared value by value, about
     1 ms); otherwise ``model`` itself, switched to evaluation mode.
+
+    ``channels_last``: lay the folded copy's weights out channels-last
+    (True) or contiguous (False); None keeps ``model``'s layout. ``model``
+    itself is never converted: feed it inputs in its own layout
+    (:func:`~napari_sizeloss.device.is_channels_last`).
     """
     if pixels < FOLD_MIN_PIXELS or count_batch_norms(model) == 0:
         return model.eval()
+    if channels_last is None:
+        channels_last = is_channels_last(model)
     with _cache_lock:
         cached = _cache.get(model)
-    if cached is not None and _unchanged(cached[0], model):
-        return cached[1]
-    snapshot = [t.clone() for t in _state(model)]
-    folded = fold_batch_norms(model)
+    if cached is None or not _unchanged(cached[0], model):
+        cached = ([t.clone() for t in _state(model)], {})
+    folded = cached[1].get(channels_last)
+    if folded is None:
+        folded = fold_batch_norms(model)
+        folded.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        cached[1][channels_last] = folded
     with _cache_lock:
-        _cache[model] = (snapshot, folded)
+        _cache[model] = cached
     return folded

@@ -56,7 +56,15 @@ from .data import (
     region_of_interest,
     uncrop_volume,
 )
-from .device import autocast, make_adam, select_device, uses_channels_last
+from .device import (
+    autocast,
+    is_channels_last,
+    make_adam,
+    match_state_layouts,
+    select_device,
+    to_channels_last,
+    uses_channels_last,
+)
 from .inference import FOLD_MIN_PIXELS, inference_model
 from .losses import log_barrier, partial_cross_entropy, size_penalty
 from .metrics import dice_3d
@@ -210,7 +218,12 @@ class TrainingSession:
                 )
         else:
             self.model = ENet(in_channels=1, num_classes=2)
-        self._channels_last = self.config.amp and uses_channels_last(self.device)
+        # channels-last where it pays, but not for compiled training on the CPU (measured in NCHW,
+        # and compile_ahead's child compiles NCHW graphs)
+        self._channels_last = (
+            self.config.amp and uses_channels_last(self.device)
+            and not (self.config.compile and self.device.type == "cpu")
+        )
         self.model.to(self.device)
         if self._channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -223,6 +236,7 @@ class TrainingSession:
         if ckpt is not None and ckpt.optimizer_state:
             try:
                 self.optimizer.load_state_dict(ckpt.optimizer_state)
+                match_state_layouts(self.optimizer)  # stored contiguous; the parameters may be channels-last
                 for group in self.optimizer.param_groups:
                     group["lr"] = self.config.lr
             except (ValueError, KeyError):
@@ -432,7 +446,7 @@ class TrainingSession:
             x, y, lower, upper = self._sample_batch()
             x = x.to(self.device, non_blocking=True)
             if self._channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+                x = to_channels_last(x)
             y = y.to(self.device, non_blocking=True)
             lo, hi = lower.to(self.device), upper.to(self.device)
             opt.zero_grad(set_to_none=True)
@@ -654,7 +668,7 @@ def predict_volume(
     device: torch.device | str = "cpu",
     box: Box | None = None,
     batch_size: int | None = None,
-    channels_last: bool = False,
+    channels_last: bool | None = None,
     amp: bool = True,
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
     fill: float | None = None,
@@ -672,6 +686,11 @@ def predict_volume(
         Predict inside this in-plane box only (zero outside).
     batch_size : slices per forward pass; by default as many as make
         :data:`PREDICT_PIXELS` pixels (at least 1).
+    channels_last : lay the batch-norm-folded copy and the batches out
+        channels-last; None: where it pays on ``device``
+        (:func:`~napari_sizeloss.device.uses_channels_last`), or, with
+        ``forward``, not. A prediction too small to fold runs ``model``
+        itself, with batches in ``model``'s own layout.
     forward : callable, optional
         Runs the batches instead of ``model`` (e.g. a
         :class:`~napari_sizeloss.compiled.CompiledForward` of a folded copy);
@@ -711,8 +730,12 @@ def predict_volume(
     if batch_size is None:
         batch_size = max(1, PREDICT_PIXELS // max(1, h * w))
     tune_allocator()
+    if channels_last is None:
+        channels_last = forward is None and uses_channels_last(device)
     if forward is None:
-        net = inference_model(model, Z * T * h * w)  # batch norms folded for large predictions
+        net = inference_model(model, Z * T * h * w, channels_last=channels_last)  # folded when large
+        if net is model:
+            channels_last = is_channels_last(model)  # never mix layouts: much slower than either
     else:
         net = forward
     for start in range(0, Z * T, batch_size):
@@ -722,7 +745,7 @@ def predict_volume(
             batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - n, axis=0)])
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
         if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = to_channels_last(x)
         with autocast(device, enabled=amp):
             logits = net(x)
         probs = torch.softmax(logits[:n].float(), dim=1)[:, 1]
