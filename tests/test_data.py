@@ -36,6 +36,26 @@ def test_normalisation_maps_percentiles_to_unit_range():
     assert out.max() <= 1.5
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16, np.int32, np.uint8])
+def test_normalise_into_a_buffer_gives_the_same_values(dtype):
+    rng = np.random.default_rng(3)
+    img = (rng.normal(100, 40, size=(30, 20, 4)).clip(0, 250)).astype(dtype)
+    img[0, 0, 0] = 250
+    params = normalisation_params(img)
+    expected = normalise(img, params)
+    buffer = np.full(img.shape, np.nan, dtype=np.float32)
+    assert normalise(img, params, out=buffer) is buffer
+    np.testing.assert_array_equal(buffer, expected)
+    same = img.astype(np.float32)
+    normalise(same, params, out=same)  # in place
+    np.testing.assert_array_equal(same, expected)
+    assert -0.5 <= expected.min() and expected.max() <= 1.5 and expected.std() > 0.1
+    with pytest.raises(ValueError, match="float32"):
+        normalise(img, params, out=np.empty(img.shape, np.float64))
+    with pytest.raises(ValueError, match="shape"):
+        normalise(img, params, out=np.empty((30, 20), np.float32))
+
+
 def _large_volumes():
     """Volumes big enough for the fast percentile path (>= 2**20 voxels), shaped like real data in ways that matter."""
     rng = np.random.default_rng(0)

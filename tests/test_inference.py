@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from napari_sizeloss import inference
+from napari_sizeloss.data import Box
 from napari_sizeloss.device import make_adam
 from napari_sizeloss.inference import count_batch_norms, fold_batch_norms, inference_model
 from napari_sizeloss.network import ENet
@@ -152,3 +153,39 @@ def test_inference_model_lays_the_folded_copy_out_as_asked_and_leaves_the_model_
     x = torch.randn(2, 1, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(last(x.to(memory_format=torch.channels_last)), plain(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "box",
+    [Box(4, 36, 2, 34), Box(-8, 24, 20, 52), Box(30, 62, -10, 22), Box(50, 82, 0, 32)],
+    ids=["inside", "past-left-and-right", "past-two-edges", "misses-the-image"],
+)
+def test_predict_volume_in_a_box_matches_crop_normalise_run_and_place_back_by_hand(box):
+    """Batch by batch (no whole-volume copies) and still: normalised on the whole volume, padded
+    with its normalised minimum beyond the image, zero outside the box, in the input's shape."""
+    from napari_sizeloss.data import crop_volume, normalisation_params, normalise, uncrop_volume
+
+    torch.manual_seed(4)
+    model = ENet().eval()
+    rng = np.random.default_rng(1)
+    image = (rng.random((40, 36, 3, 2)) * 900 + 100).astype(np.int16)  # raw scanner integers
+    params = normalisation_params(image)
+    norm = normalise(image, params)
+    crop = crop_volume(norm, box, fill=float(norm.min()))
+    h, w = box.shape
+    with torch.no_grad():
+        x = torch.from_numpy(np.ascontiguousarray(crop.reshape(h, w, 6).transpose(2, 0, 1)[:, None]))
+        probs = torch.softmax(model(x), 1)[:, 1].numpy().transpose(1, 2, 0).reshape(h, w, 3, 2)
+    ref = uncrop_volume(probs, box, (40, 36))
+    got = predict_volume(model, image, normalisation="auto", box=box, batch_size=4, amp=False)
+    assert got.shape == image.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, atol=1e-6)
+    if box.x0 >= 40:
+        assert not got.any()
+    else:
+        assert got[max(box.x0, 0) : box.x1, max(box.y0, 0) : box.y1].std() > 1e-4  # a real prediction inside
+        outside = np.ones((40, 36), bool)
+        outside[max(box.x0, 0) : box.x1, max(box.y0, 0) : box.y1] = False
+        assert not got[outside].any()
+    one_slice = predict_volume(model, image[:, :, 1, 0], normalisation=params, box=box, amp=False)
+    assert one_slice.shape == (40, 36)

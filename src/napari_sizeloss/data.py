@@ -117,14 +117,23 @@ def _tail_percentile(flat: np.ndarray, q: float) -> float:
     return float(np.percentile(flat, q))
 
 
-def normalise(image: np.ndarray, params: dict[str, float]) -> np.ndarray:
+def normalise(image: np.ndarray, params: dict[str, float], out: np.ndarray | None = None) -> np.ndarray:
     """Scale intensities to about [0, 1] with ``params`` from :func:`normalisation_params`.
 
     Values outside the percentile range are clipped to [-0.5, 1.5] so that a
-    few hot voxels cannot dominate.
+    few hot voxels cannot dominate. ``out``: a float32 array of ``image``'s
+    shape to write into (it may be ``image`` itself); the same values either way.
     """
-    scaled = (np.asarray(image, dtype=np.float32) - params["low"]) / (params["high"] - params["low"])
-    return np.clip(scaled, -0.5, 1.5).astype(np.float32, copy=False)
+    if out is None:
+        scaled = (np.asarray(image, dtype=np.float32) - params["low"]) / (params["high"] - params["low"])
+        return np.clip(scaled, -0.5, 1.5).astype(np.float32, copy=False)
+    if out.dtype != np.float32 or out.shape != np.shape(image):
+        raise ValueError(f"out must be float32 of shape {np.shape(image)}, got {out.dtype} {out.shape}")
+    if out is not image:
+        out[...] = image  # float32 first, as without out
+    np.subtract(out, np.float32(params["low"]), out=out)
+    np.divide(out, np.float32(params["high"] - params["low"]), out=out)
+    return np.clip(out, -0.5, 1.5, out=out)
 
 
 @dataclass(frozen=True)
