@@ -158,6 +158,28 @@ def test_time_to_quality_reports_a_corrections_round():
     assert out["peak_rss_mb"] > 0
 
 
+def test_quality_over_demo_cases_reuses_the_first_and_reports_the_range(capsys):
+    from napari_sizeloss.bench import quality_by_case
+
+    first = {"time_to_dice_085_s": None, "dice_at_60s": 0.5, "dice_after_corrections": 0.25, "first_round_s": 1.0}
+    rows = quality_by_case("cpu", [0, 1], first=first, steps=2, correction_steps=2, threads=1)
+    assert [r["seed"] for r in rows] == [0, 1]
+    assert rows[0] == {"seed": 0, **first}  # seed 0's session is the bench's own: not run again
+    assert 0.0 <= rows[1]["dice_at_60s"] <= 1.0 and rows[1]["first_round_s"] > 0
+    out = capsys.readouterr().out
+    low, high = sorted([0.5, rows[1]["dice_at_60s"]])
+    assert f"3D Dice within 60 s: {low}-{high}" in out and "over 2 seeds" in out
+    assert "seed 0: Dice 0.85 not reached, 0.5 within 60 s, 0.25 after corrections" in out
+
+
+def test_bench_refuses_a_case_count_below_one(capsys):
+    from napari_sizeloss.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["bench", "--cases", "0"])
+    assert "must be at least 1" in capsys.readouterr().err
+
+
 def test_enet_work_scales_with_pixels_and_a_step_costs_about_three_forwards():
     from napari_sizeloss.bench import enet_gflop
 

@@ -401,6 +401,11 @@ def run_bench(args) -> int:
     print(f"  after correcting the 2 worst slices {q['corrected_slices']} and {q['corrections_round_steps']} more steps "
           f"({q['corrections_round_s']:.0f} s): {q['dice_after_corrections']}", flush=True)
     print(f"  peak memory (RSS): {q['peak_rss_mb']} MB", flush=True)
+    if args.cases > 1:
+        results["quality_by_case"] = quality_by_case(
+            device, range(args.cases), first=q, steps=60 if quick else None,
+            correction_steps=20 if quick else 100, threads=args.threads,
+        )
 
     steps = 40 if quick else 300
     c = compare_with_whole_slices(device, steps=steps, threads=args.threads)
@@ -414,6 +419,51 @@ def run_bench(args) -> int:
     return 0
 
 
+def quality_by_case(device, seeds, *, first: dict | None = None, steps=None, correction_steps=100,
+                    threads=None) -> list[dict]:
+    """:func:`time_to_quality` on the demo cases of several seeds, printed one line each, then the ranges.
+
+    A seed changes the phantom, its dots and the training's random streams;
+    seed 0 is the bench's headline case (``first``: its result, not rerun).
+
+    Returns
+    -------
+    list of dict
+        Per seed: ``seed``, ``time_to_dice_085_s`` (None when not reached),
+        ``dice_at_60s``, ``dice_after_corrections``, ``first_round_s``.
+    """
+    keys = ("time_to_dice_085_s", "dice_at_60s", "dice_after_corrections", "first_round_s")
+    rows = []
+    print("the same session on other demo cases (phantom, dots and training seed):", flush=True)
+    for seed in seeds:
+        if seed == 0 and first is not None:
+            q = first
+        else:
+            q = time_to_quality(device, steps=steps, correction_steps=correction_steps, seed=seed, threads=threads)
+        row = {"seed": int(seed), **{k: q[k] for k in keys}}
+        rows.append(row)
+        t85 = row["time_to_dice_085_s"]
+        print(f"  seed {seed}: Dice 0.85 {'not reached' if t85 is None else f'after {t85:.1f} s'}, "
+              f"{row['dice_at_60s']} within 60 s, {row['dice_after_corrections']} after corrections", flush=True)
+    for key, label in (("dice_at_60s", "within 60 s"), ("dice_after_corrections", "after corrections")):
+        values = sorted(r[key] for r in rows)
+        print(f"  3D Dice {label}: {values[0]}-{values[-1]} (median {statistics.median(values)}) "
+              f"over {len(rows)} seeds", flush=True)
+    return rows
+
+
+def _positive_int(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def add_bench_parser(subparsers) -> None:
     p = subparsers.add_parser("bench", help="measure training and prediction speed on this machine")
     p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
@@ -423,4 +473,7 @@ def add_bench_parser(subparsers) -> None:
     p.add_argument("--compile", action="store_true",
                    help="also measure the torch.compile'd step and prediction (and their compile times; "
                         "minutes on a CPU the first time)")
+    p.add_argument("--cases", type=_positive_int, default=1, metavar="N",
+                   help="run the time-to-quality session on N demo cases (seeds 0..N-1: phantom, dots, training) "
+                        "and print the range (about a minute each; default 1: seed 0 only)")
     p.set_defaults(func=run_bench)
