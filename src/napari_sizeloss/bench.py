@@ -447,7 +447,7 @@ def quality_by_case(device, seeds, *, first: dict | None = None, steps=None, cor
               f"{row['dice_at_60s']} within 60 s, {row['dice_after_corrections']} after corrections", flush=True)
     for key, label in (("dice_at_60s", "within 60 s"), ("dice_after_corrections", "after corrections")):
         values = sorted(r[key] for r in rows)
-        print(f"  3D Dice {label}: {values[0]}-{values[-1]} (median {statistics.median(values)}) "
+        print(f"  3D Dice {label}: {values[0]}-{values[-1]} (median {round(statistics.median(values), 4)}) "
               f"over {len(rows)} seeds", flush=True)
     return rows
 
