@@ -722,9 +722,8 @@ def predict_volume(
     if box is None:
         box = Box(0, X, 0, Y)
     h, w = box.shape
-    if fill is None:  # the normalised image's minimum (normalising is monotone: normalise the minimum)
-        lowest = np.asarray([np.min(image4)], dtype=np.float32)
-        fill = float(lowest[0] if normalisation is None else normalise(lowest, normalisation)[0])
+    if fill is None:
+        fill = _normalised_minimum(image4, normalisation)
     # the part of the box inside the image, in image and in box coordinates
     sx0, sx1, sy0, sy1 = max(box.x0, 0), min(box.x1, X), max(box.y0, 0), min(box.y1, Y)
     out = np.zeros((X, Y, N), dtype=np.float32)  # zero outside the box
@@ -765,6 +764,16 @@ def predict_volume(
         probs = torch.softmax(logits[:n].float(), dim=1)[:, 1].cpu().numpy()  # (n, h, w)
         out[sx0:sx1, sy0:sy1, start : start + n] = probs[:, bx0:bx1, by0:by1].transpose(1, 2, 0)
     return from_4d(out.reshape(X, Y, Z, T), ndim)
+
+
+def _normalised_minimum(image: np.ndarray, normalisation: dict | None) -> float:
+    """The smallest intensity of ``image`` once normalised (None: as it is), without normalising the volume.
+
+    Normalising is monotone, so this is the normalised minimum: what a box
+    reaching beyond the image is padded with.
+    """
+    lowest = np.asarray([np.min(image)], dtype=np.float32)
+    return float(lowest[0] if normalisation is None else normalise(lowest, normalisation)[0])
 
 
 @dataclass
@@ -883,8 +892,7 @@ class Predictor:
             box = self.region_for(image.shape)
         X, Y, Z, T = image4.shape
         normalisation = normalisation_params(image4)
-        # what probabilities() pads a box beyond the image with: the normalised volume's minimum
-        fill = float(normalise(np.asarray([np.min(image4)]), normalisation)[0])
+        fill = _normalised_minimum(image4, normalisation)  # what probabilities() pads a box beyond the image with
         h, w = box.shape if box is not None else (X, Y)
         if chunk_slices is None:
             batch = max(1, PREDICT_PIXELS // max(1, h * w))
