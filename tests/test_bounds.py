@@ -1,6 +1,5 @@
 """Tests of napari_sizeloss.bounds: units, the paper's recipe, per-slice tables."""
 
-import math
 
 import numpy as np
 import pytest

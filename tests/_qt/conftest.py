@@ -6,7 +6,6 @@ server for its OpenGL canvas).
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from napari_sizeloss._qt import autosave

@@ -259,7 +259,6 @@ def test_widget_module_does_not_import_torch():
 
 def test_loss_plot_paints_curves_fast_and_keeps_spikes(qtbot):
     """The live loss plot (QPainter, GUI thread) paints log-scale curves, round marks, and keeps spikes."""
-    import time
 
     from napari_sizeloss._qt.loss_plot import LossPlot, decimate, y_limits
 
