@@ -73,6 +73,30 @@ def test_train_then_predict(phantom_files, capsys):
     np.testing.assert_array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
 
 
+def test_ema_decay_chooses_the_weights_saved(phantom_files, tmp_path):
+    """By default and with --ema-decay 0 the last step's weights are saved; with a decay, their moving average."""
+    from napari_sizeloss.checkpoint import load_checkpoint
+
+    d, image, gt, seeds = phantom_files
+    common = ["train", str(image), "--seeds", str(seeds), "--bounds", "20", "600", "--steps", "4", "--device", "cpu",
+              "--crop", "32", "--batch-size", "2"]
+    saved = {}
+    for name, extra in (("default", []), ("off", ["--ema-decay", "0"]), ("0.2", ["--ema-decay", "0.2"]),
+                        ("0.95", ["--ema-decay", "0.95"])):
+        path = tmp_path / f"{name}.ckpt"
+        assert main([*common, "--model", str(path), *extra]) == 0
+        saved[name] = load_checkpoint(path)
+    assert [saved[k].metadata["config"]["ema_decay"] for k in ("default", "off", "0.2", "0.95")] == [None, None, 0.2, 0.95]
+
+    def largest_difference(a, b):
+        return max(float((x.float() - b.state_dict[k].float()).abs().max()) for k, x in a.state_dict.items())
+
+    assert largest_difference(saved["default"], saved["off"]) == 0  # the same training, the same last weights
+    assert largest_difference(saved["0.95"], saved["off"]) > 1e-4  # an average, not the last weights
+    assert largest_difference(saved["0.2"], saved["off"]) > 1e-4
+    assert largest_difference(saved["0.95"], saved["0.2"]) > 1e-6  # 0.2 weighs the last steps more than the warm-up
+
+
 def test_train_errors_leave_no_file(phantom_files, tmp_path, capsys):
     d, image, gt, seeds = phantom_files
     model = tmp_path / "m.ckpt"
@@ -85,6 +109,8 @@ def test_train_errors_leave_no_file(phantom_files, tmp_path, capsys):
         "cuda absent": (base[:-1] + ["cuda", "--bounds", "5", "100"], "CUDA"),
         "bad absent": (base + ["--bounds", "5", "100", "--absent", "99"], "slice 99"),
         "absent clash": (base + ["--bounds", "5", "100", "--absent", "1"], "tagged"),
+        "ema decay of 1": (base + ["--bounds", "5", "100", "--ema-decay", "1"], "--ema-decay"),
+        "negative ema decay": (base + ["--bounds", "5", "100", "--ema-decay", "-0.5"], "--ema-decay"),
     }
     for name, (argv, needle) in cases.items():
         line = run_error(argv, capsys)

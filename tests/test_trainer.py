@@ -266,7 +266,8 @@ def test_fast_path_trains_channels_last_on_the_cpu_and_the_plain_path_contiguous
     image, seeds, _ = disc_volume()
     sessions = {}
     for amp in (True, False):
-        session = TrainingSession(image, seeds, SizeBounds(20, 300), config=small_config(steps=2, amp=amp))
+        config = small_config(steps=2, amp=amp, ema_decay=None)  # predictions from the weights loaded below
+        session = TrainingSession(image, seeds, SizeBounds(20, 300), config=config)
         assert is_channels_last(session.model) is amp
         assert _layouts_seen(session) == [amp, amp]  # no mixed layouts: the batch follows the weights
         sessions[amp] = session
@@ -285,3 +286,54 @@ def test_resuming_a_channels_last_session_lays_adams_moments_out_like_the_weight
     moments = [(v, p) for g in opt.param_groups for p in g["params"] for v in opt.state[p].values() if v.dim() == 4]
     assert len(moments) > 100 and all(v.stride() == p.stride() for v, p in moments)
     assert any(p.stride() != p.contiguous().stride() for _, p in moments)  # really channels-last
+
+
+def test_predictions_use_the_moving_average_of_the_weights(tmp_path):
+    """Previews, Predict and the saved checkpoint use the average; training steps the raw weights."""
+    from napari_sizeloss.averaging import WARMUP
+    from napari_sizeloss.checkpoint import build_model, load_checkpoint
+    from napari_sizeloss.device import is_channels_last
+    from napari_sizeloss.trainer import predict_volume
+
+    image, seeds, _ = disc_volume()
+    session = TrainingSession(image, seeds, SizeBounds(20, 300), config=small_config(steps=8, ema_decay=0.6))
+    assert session.prediction_model is session.model  # no step yet
+    states = []
+    for event in session.run():
+        if event.kind is EventKind.STEP:
+            states.append({k: v.detach().clone().double() for k, v in session.model.state_dict().items()})
+    avg = dict(states[0])
+    for n, state in enumerate(states[1:], start=2):
+        d = min(0.6, (1 + n) / (WARMUP + n))
+        avg = {k: avg[k] + (1 - d) * (v - avg[k]) if "num_batches" not in k else v for k, v in state.items()}
+    averaged = session.prediction_model
+    assert averaged is not session.model
+    assert is_channels_last(averaged) and is_channels_last(session.model)  # the fast path's layout, kept
+    for key, value in averaged.state_dict().items():
+        torch.testing.assert_close(value.double(), avg[key], rtol=1e-5, atol=1e-6, msg=key)
+
+    def probs(model):
+        return predict_volume(model, session._image, normalisation=None, device="cpu", box=session.roi)
+
+    np.testing.assert_allclose(session.probabilities(), probs(averaged), atol=1e-5)
+    assert np.abs(session.probabilities() - probs(session.model)).max() > 1e-3  # not the last step's weights
+    saved = build_model(load_checkpoint(session.save(tmp_path / "m.ckpt")))
+    for key, value in saved.state_dict().items():
+        torch.testing.assert_close(value, averaged.state_dict()[key].contiguous(), msg=key)
+
+
+def test_without_averaging_predictions_use_the_last_weights():
+    image, seeds, _ = disc_volume()
+    session = train(image, seeds, SizeBounds(20, 300), config=small_config(steps=3, ema_decay=None))
+    assert session.prediction_model is session.model
+    # switched off between rounds, the average is dropped
+    assert TrainConfig.interactive().ema_decay is None  # opt-in
+    averaged = train(image, seeds, SizeBounds(20, 300), config=small_config(steps=3, ema_decay=0.9))
+    assert averaged.prediction_model is not averaged.model
+    averaged.config.ema_decay = None
+    list(averaged.run())
+    assert averaged.prediction_model is averaged.model
+    assert TrainConfig.paper().ema_decay is None  # the paper's protocol predicts with the last weights
+    for bad in (0, 1, float("nan")):
+        with pytest.raises(ValueError, match="ema_decay"):
+            TrainConfig(ema_decay=bad)

@@ -251,6 +251,10 @@ def cmd_train(args) -> int:
         cfg_kwargs.update(steps=None, minutes=args.minutes)
     else:
         cfg_kwargs.update(steps=args.steps)
+    if args.ema_decay is not None:
+        if not 0 <= args.ema_decay < 1:
+            raise CLIError(f"--ema-decay must be in [0, 1) (0: off, the default), got {args.ema_decay}")
+        cfg_kwargs["ema_decay"] = args.ema_decay or None
     for name in ("lr", "batch_size", "crop"):
         value = getattr(args, name)
         if value is not None:
@@ -373,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", type=int, help="smallest side (px) of the region around the dots; 0: whole slices")
     p.add_argument("--paper", action="store_true", help="the paper's protocol (batch 1, whole slices, lr halved every 100 epochs)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--ema-decay", type=float, metavar="D",
+                   help="predict and save a moving average of the weights with this decay per step "
+                        "(0.95: about the last 20 steps) instead of the last step's weights (default: off)")
     p.add_argument("--compile", action="store_true",
                    help="train through torch.compile: 1.5-2x faster steps after a first compile "
                         "(about 100 s on 2 CPU cores, seconds when cached); for long runs")

@@ -33,6 +33,14 @@ class TrainConfig:
     resume_lr_factor : a round that continues trained weights (Train again,
         Use corrections, ``--init``) starts at ``lr`` x this: refining, not
         relearning (on the demo, corrections gained more at 0.5 than at 1).
+    ema_decay : opt-in: predictions (live previews, Predict, validation,
+        saved checkpoints) use an exponential moving average of the weights
+        over the steps, with this decay per step (0.95: about the last 20
+        steps; less over the first steps, so that early previews do not lag).
+        ``None`` (the default, and the paper's protocol) predicts with the
+        last step's weights. Training itself is the same either way. On 16
+        demo cases the average changed the 3D Dice by +0.001 on average
+        (``scripts/average_bench.py``), so it is not the default.
     size_weight : weight of the size term (the paper's 1e-2).
     penalty : ``"quadratic"`` (paper eq. 3) or ``"log-barrier"``.
     barrier_t, barrier_growth : log-barrier ``t`` and its growth per epoch.
@@ -70,6 +78,7 @@ class TrainConfig:
     lr_decay: str | None = "cosine"
     lr_floor: float = 0.05
     resume_lr_factor: float = 0.5
+    ema_decay: float | None = None
     size_weight: float = 1e-2
     penalty: str = "quadratic"
     barrier_t: float = 5.0
@@ -105,6 +114,8 @@ class TrainConfig:
             raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
         if not 0 < self.resume_lr_factor <= 1:
             raise ValueError(f"resume_lr_factor must be in (0, 1], got {self.resume_lr_factor}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
         if self.lr_decay not in (None, "cosine"):
             raise ValueError(f"unknown learning-rate decay {self.lr_decay!r}; choose cosine or None")
         if self.crop is not None and self.crop < 16:
@@ -123,8 +134,9 @@ class TrainConfig:
     @classmethod
     def paper(cls, **overrides) -> "TrainConfig":
         """The paper's protocol: Adam, lr 5e-3 halved after 100 epochs,
-        size weight 1e-2, batch 1, whole slices."""
-        base = dict(lr=5e-3, lr_halve_every=100, lr_decay=None, resume_lr_factor=1.0, size_weight=1e-2,
+        size weight 1e-2, batch 1, whole slices, predictions from the last
+        step's weights."""
+        base = dict(lr=5e-3, lr_halve_every=100, lr_decay=None, resume_lr_factor=1.0, ema_decay=None, size_weight=1e-2,
                     batch_size=1, crop=None)
         base.update(overrides)
         return cls(**base)

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from .allocator import tune_allocator
+from .averaging import WeightAverage
 from .bounds import SizeBounds, slice_bounds
 from .checkpoint import Checkpoint, build_model, load_checkpoint, save_checkpoint
 from .config import PENALTIES, TrainConfig  # noqa: F401  (PENALTIES: re-exported)
@@ -228,6 +229,7 @@ class TrainingSession:
             self.model.to(memory_format=torch.channels_last)
         self.optimizer = make_adam(self.model.parameters(), self.config.lr, self.device)
         self._compiled = None  # the model through torch.compile, built on the first compiled round
+        self._average: WeightAverage | None = None  # made at the first step (config.ema_decay)
         if self.config.compile:
             from .compiled import require_compile
 
@@ -460,6 +462,7 @@ class TrainingSession:
                 else:
                     loss.backward()
                     opt.step()
+            self._update_average()
             step += 1
             self.total_steps_done += 1
             images_seen += x.shape[0]
@@ -563,6 +566,29 @@ class TrainingSession:
             warnings.warn(f"{exc}; compiling in this process instead", RuntimeWarning, stacklevel=2)
 
     # ---------------------------------------------------------- prediction
+    @property
+    def prediction_model(self) -> torch.nn.Module:
+        """The network predictions use: the weights' moving average (``config.ema_decay``)
+        once a step has run, else the trained network itself."""
+        if self._average is not None and self.config.ema_decay is not None:
+            return self._average.model
+        return self.model
+
+    def _update_average(self) -> None:
+        """After an optimiser step: fold the new weights into the moving average.
+
+        The decay is read each step (the widget may change the settings
+        between rounds); ``None`` drops the average.
+        """
+        decay = self.config.ema_decay
+        if decay is None:
+            self._average = None
+        elif self._average is None:
+            self._average = WeightAverage(self.model, decay)
+        else:
+            self._average.decay = decay
+            self._average.update()
+
     def _preview(self) -> Preview | None:
         with self._preview_lock:
             request = self._preview_request
@@ -577,14 +603,15 @@ class TrainingSession:
 
     def _predict_probs(self, image4: np.ndarray) -> np.ndarray:
         box = self.roi if self.config.crop is not None else None
-        was_training = self.model.training
+        model = self.prediction_model
+        was_training = model.training
         try:
             return predict_volume(
-                self.model, image4, normalisation=None, device=self.device, box=box,
+                model, image4, normalisation=None, device=self.device, box=box,
                 channels_last=self._channels_last, amp=self.config.amp,
             )
         finally:
-            self.model.train(was_training)
+            model.train(was_training)
 
     def probabilities(self) -> np.ndarray:
         """Target probability, float32 in the image's shape."""
@@ -612,10 +639,15 @@ class TrainingSession:
 
     # ------------------------------------------------------------ storage
     def save(self, path) -> Path:
-        """Write a safe checkpoint: weights, optimiser, config, normalisation, bounds."""
+        """Write a safe checkpoint: weights, optimiser, config, normalisation, bounds.
+
+        The weights are those predictions use (:attr:`prediction_model`), so
+        that ``napari-sizeloss predict`` and Load model give the masks seen
+        here; a session resumed from it trains on from them.
+        """
         return save_checkpoint(
             path,
-            self.model,
+            self.prediction_model,
             optimizer=self.optimizer,
             normalisation=self.normalisation,
             bounds=self.bounds.as_dict(),

@@ -268,7 +268,7 @@ def predict_job(
         from ..trainer import Predictor
 
         if session is not None:
-            predictor = Predictor(model=session.model, device=session.device)
+            predictor = Predictor(model=session.prediction_model, device=session.device)
         elif checkpoint is not None:
             predictor = Predictor.from_checkpoint(checkpoint, device="auto")
         else:
