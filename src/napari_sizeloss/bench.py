@@ -215,7 +215,7 @@ def worst_slices(mask: np.ndarray, target: np.ndarray, n: int = 2) -> list[tuple
 
 
 def time_to_quality(device, *, steps=None, correction_steps=100, steps_between=25, seed=0,
-                    threads=None, deadline_s=60.0) -> dict:
+                    threads=None, deadline_s=60.0, **config_overrides) -> dict:
     """The interactive session on the demo case, timed as a user lives it.
 
     Press Train with the interactive defaults (``steps`` overrides the
@@ -225,6 +225,7 @@ def time_to_quality(device, *, steps=None, correction_steps=100, steps_between=2
     slices (their ground truth becomes full supervision, as a user's brush
     would) and train ``correction_steps`` more from the same weights.
     ``dice_at_60s`` is the last score within ``deadline_s`` of pressing Train.
+    ``config_overrides`` go to :meth:`TrainConfig.interactive` (e.g. ``ema_decay=None``).
     """
     import resource
 
@@ -232,7 +233,7 @@ def time_to_quality(device, *, steps=None, correction_steps=100, steps_between=2
     from .trainer import TrainConfig, TrainingSession
 
     case = make_demo_case(seed=seed)
-    overrides = {} if steps is None else {"steps": steps}
+    overrides = dict(config_overrides) if steps is None else {**config_overrides, "steps": steps}
     config = TrainConfig.interactive(device=str(device), seed=seed, preview_every=0, threads=threads, **overrides)
     session = TrainingSession(case.image, case.seeds, case.bounds, spacing=case.phantom.spacing, config=config)
     curve: list = []
@@ -352,6 +353,16 @@ def run_bench(args) -> int:
     fast = device.type == "cuda"  # mixed precision
     layout = uses_channels_last(device)  # channels-last, as the trainer lays out eager training
     reps = 5 if quick else 20
+    from .trainer import TrainConfig
+
+    cfg = TrainConfig.interactive()
+    crop, batch = cfg.crop, cfg.batch_size
+    settings = {
+        "layout": "channels-last" if layout else "contiguous", "autocast": fast, "crop": crop, "batch": batch,
+        "steps_per_round": cfg.steps, "lr": cfg.lr, "lr_decay": cfg.lr_decay, "ema_decay": cfg.ema_decay,
+    }
+    results["settings"] = settings
+    print(f"settings (the trainer's interactive defaults): {settings}", flush=True)
 
     ms = train_step_ms(device, size=256, batch=1, repeats=reps, channels_last=layout, amp=fast)
     results["train_step_ms_256_b1"] = round(ms, 2)
@@ -364,10 +375,6 @@ def run_bench(args) -> int:
     print(f"  ENet work: {gflop['train_step']:.2f} GFLOP per step, {gflop['forward']:.2f} GFLOP per slice predicted; "
           f"the step ran at {rate:.0f} GFLOP/s", flush=True)
 
-    from .trainer import TrainConfig
-
-    cfg = TrainConfig.interactive()
-    crop, batch = cfg.crop, cfg.batch_size
     ms_b = train_step_ms(device, size=crop, batch=batch, repeats=reps, channels_last=layout, amp=fast)
     ips = batch / (ms_b / 1000)
     results["train_step_ms_interactive"] = round(ms_b, 2)
