@@ -12,13 +12,17 @@ def small_net():
     return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1))
 
 
+def average_share(n, decay):
+    """The share of the newest weights in the n-th update, by hand: 1 - min(decay, (1+n)/(10+n))."""
+    return 1 - min(decay, (1 + n) / (WARMUP + n))
+
+
 def expected_average(states, decay):
-    """The recursion by hand: a_1 = w_1; a_n = a_{n-1} + (1 - min(decay, (1+n)/(10+n))) (w_n - a_{n-1})."""
+    """The recursion by hand over state dicts: a_1 = w_1; a_n = a_{n-1} + share_n (w_n - a_{n-1}); counters copied."""
     avg = {k: v.clone().double() for k, v in states[0].items()}
     for n, state in enumerate(states[1:], start=2):
-        d = min(decay, (1 + n) / (WARMUP + n))
         for k, v in state.items():
-            avg[k] = avg[k] + (1 - d) * (v.double() - avg[k]) if v.is_floating_point() else v.clone().double()
+            avg[k] = avg[k] + average_share(n, decay) * (v.double() - avg[k]) if v.is_floating_point() else v.clone().double()
     return avg
 
 
@@ -66,10 +70,6 @@ def test_the_copy_is_separate_untrained_and_keeps_the_memory_layout():
     torch.testing.assert_close(copy[0].weight, before)  # untouched until update()
     average.update()
     torch.testing.assert_close(copy[0].weight, before + average_share(2, 0.9))
-
-
-def average_share(n, decay):
-    return 1 - min(decay, (1 + n) / (WARMUP + n))
 
 
 @pytest.mark.parametrize("decay", [0.0, 1.0, -0.5, 1.5])

@@ -290,7 +290,8 @@ def test_resuming_a_channels_last_session_lays_adams_moments_out_like_the_weight
 
 def test_predictions_use_the_moving_average_of_the_weights(tmp_path):
     """Previews, Predict and the saved checkpoint use the average; training steps the raw weights."""
-    from napari_sizeloss.averaging import WARMUP
+    from test_averaging import expected_average
+
     from napari_sizeloss.checkpoint import build_model, load_checkpoint
     from napari_sizeloss.device import is_channels_last
     from napari_sizeloss.trainer import predict_volume
@@ -301,11 +302,8 @@ def test_predictions_use_the_moving_average_of_the_weights(tmp_path):
     states = []
     for event in session.run():
         if event.kind is EventKind.STEP:
-            states.append({k: v.detach().clone().double() for k, v in session.model.state_dict().items()})
-    avg = dict(states[0])
-    for n, state in enumerate(states[1:], start=2):
-        d = min(0.6, (1 + n) / (WARMUP + n))
-        avg = {k: avg[k] + (1 - d) * (v - avg[k]) if "num_batches" not in k else v for k, v in state.items()}
+            states.append({k: v.detach().clone() for k, v in session.model.state_dict().items()})
+    avg = expected_average(states, 0.6)
     averaged = session.prediction_model
     assert averaged is not session.model
     assert is_channels_last(averaged) and is_channels_last(session.model)  # the fast path's layout, kept
@@ -326,8 +324,8 @@ def test_without_averaging_predictions_use_the_last_weights():
     image, seeds, _ = disc_volume()
     session = train(image, seeds, SizeBounds(20, 300), config=small_config(steps=3, ema_decay=None))
     assert session.prediction_model is session.model
-    # switched off between rounds, the average is dropped
     assert TrainConfig.interactive().ema_decay is None  # opt-in
+    # switched off between rounds, the average is dropped
     averaged = train(image, seeds, SizeBounds(20, 300), config=small_config(steps=3, ema_decay=0.9))
     assert averaged.prediction_model is not averaged.model
     averaged.config.ema_decay = None

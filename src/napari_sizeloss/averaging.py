@@ -53,9 +53,11 @@ class WeightAverage:
         self.model.eval()
         self.updates = 1
         own = [*self.model.parameters(), *self.model.buffers()]
-        theirs = [*model.parameters(), *model.buffers()]
+        theirs = [t.detach() for t in (*model.parameters(), *model.buffers())]
         pairs = list(zip(own, theirs, strict=True))
-        self._floats = [(a, b) for a, b in pairs if a.is_floating_point()]
+        # averaged in place: the copy's floating-point tensors and the model's (detached views, made once)
+        self._mine = [a for a, _ in pairs if a.is_floating_point()]
+        self._theirs = [b for a, b in pairs if a.is_floating_point()]
         self._others = [(a, b) for a, b in pairs if not a.is_floating_point()]
 
     def weight(self) -> float:
@@ -66,11 +68,8 @@ class WeightAverage:
     @torch.no_grad()
     def update(self) -> None:
         """Move the average towards the model's current weights (after an optimiser step)."""
-        w = self.weight()
-        if self._floats:
-            mine = [a for a, _ in self._floats]
-            theirs = [b.detach() for _, b in self._floats]
-            torch._foreach_lerp_(mine, theirs, w)
+        if self._mine:
+            torch._foreach_lerp_(self._mine, self._theirs, self.weight())
         for a, b in self._others:
             a.copy_(b)
         self.updates += 1

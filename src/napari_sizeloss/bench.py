@@ -233,8 +233,10 @@ def time_to_quality(device, *, steps=None, correction_steps=100, steps_between=2
     from .trainer import TrainConfig, TrainingSession
 
     case = make_demo_case(seed=seed)
-    overrides = dict(config_overrides) if steps is None else {**config_overrides, "steps": steps}
-    config = TrainConfig.interactive(device=str(device), seed=seed, preview_every=0, threads=threads, **overrides)
+    if steps is not None:
+        config_overrides["steps"] = steps
+    config = TrainConfig.interactive(device=str(device), seed=seed, preview_every=0, threads=threads,
+                                     **config_overrides)
     session = TrainingSession(case.image, case.seeds, case.bounds, spacing=case.phantom.spacing, config=config)
     curve: list = []
     first_round_steps = config.steps
