@@ -161,7 +161,8 @@ def test_time_to_quality_reports_a_corrections_round():
 def test_quality_over_demo_cases_reuses_the_first_and_reports_the_range(capsys):
     from napari_sizeloss.bench import quality_by_case
 
-    first = {"time_to_dice_085_s": None, "dice_at_60s": 0.5, "dice_after_corrections": 0.25, "first_round_s": 1.0}
+    first = {"time_to_dice_085_s": None, "time_to_dice_085_held_s": None, "dice_at_60s": 0.5,
+             "dice_after_first_round": 0.5, "dice_after_corrections": 0.25, "first_round_s": 1.0}
     rows = quality_by_case("cpu", [0, 1], first=first, steps=2, correction_steps=2, threads=1)
     assert [r["seed"] for r in rows] == [0, 1]
     assert rows[0] == {"seed": 0, **first}  # seed 0's session is the bench's own: not run again
@@ -169,6 +170,7 @@ def test_quality_over_demo_cases_reuses_the_first_and_reports_the_range(capsys):
     out = capsys.readouterr().out
     low, high = sorted([0.5, rows[1]["dice_at_60s"]])
     assert f"3D Dice within 60 s: {low}-{high}" in out and "over 2 seeds" in out
+    assert f"over 2 seeds, {sum(v >= 0.85 for v in (low, high))} at 0.85 or more" in out
     assert "seed 0: Dice 0.85 not reached, 0.5 within 60 s, 0.25 after corrections" in out
 
 
@@ -188,3 +190,44 @@ def test_enet_work_scales_with_pixels_and_a_step_costs_about_three_forwards():
     assert 2.5 < big["train_step"] / big["forward"] < 3.5  # backward: gradients for inputs and weights
     # ENet's 1x1, 3x3, 5x1 and transposed convolutions at 256x256: about 0.94 GFLOP per slice
     assert 0.8 < enet_gflop(256)["forward"] < 1.1
+
+
+def test_a_level_counts_as_held_only_when_no_later_score_falls_below_it():
+    from napari_sizeloss.bench import held_from
+
+    curve = [(1.0, 0.5), (2.0, 0.86), (3.0, 0.84), (4.0, 0.87), (5.0, 0.9)]
+    assert held_from(curve, 0.85) == 4.0  # the first crossing (2.0) fell back at 3.0
+    assert held_from(curve, 0.5) == 1.0
+    assert held_from(curve[:3], 0.85) is None  # ends below the level
+    assert held_from([], 0.85) is None
+
+
+def test_time_to_quality_trains_with_the_simulated_users_absent_tags(monkeypatch):
+    import napari_sizeloss.trainer as trainer
+    from napari_sizeloss.demo import make_demo_case
+
+    seen = []
+    real = trainer.TrainingSession
+
+    class Recording(real):
+        def __init__(self, *args, absent=None, **kwargs):
+            seen.append(None if absent is None else np.array(absent))
+            super().__init__(*args, absent=absent, **kwargs)
+
+    monkeypatch.setattr(trainer, "TrainingSession", Recording)
+    out = time_to_quality("cpu", steps=2, correction_steps=2, steps_between=2, threads=1, tags="every-frame")
+    case = make_demo_case(seed=0)
+    expected = ~case.target.any(axis=(0, 1))
+    assert expected.sum() > 0
+    np.testing.assert_array_equal(seen[-1], expected)
+    assert out["absent_tags"] == int(expected.sum()) and out["tags"] == "every-frame"
+    time_to_quality("cpu", steps=2, correction_steps=2, steps_between=2, threads=1)
+    assert not seen[-1].any()  # the default simulated user tags nothing
+
+
+def test_bench_refuses_an_unknown_tag_strategy(capsys):
+    from napari_sizeloss.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["bench", "--tags", "oracle"])
+    assert "invalid choice" in capsys.readouterr().err

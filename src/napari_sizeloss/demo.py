@@ -56,6 +56,39 @@ def demo_slices(target: np.ndarray, frames, n: int = 3) -> list[int]:
     return sorted({ok[i] for i in picks})
 
 
+#: How the simulated user tags target-absent slices (:func:`absent_tags`):
+#: ``none``: never; ``clicked-frames``: on the frames they click (ED and ES),
+#: each slice without the target; ``every-frame``: each slice-frame without it,
+#: as the paper's image-level tags (taken from the ground truth there).
+TAG_STRATEGIES = ("none", "clicked-frames", "every-frame")
+
+
+def absent_tags(target: np.ndarray, strategy: str = "clicked-frames", frames=None) -> np.ndarray:
+    """The slice-frames a simulated user tags target-absent, bool ``(Z, T)``.
+
+    ``target`` is the ground truth, bool ``(X, Y, Z, T)``. ``strategy`` is one
+    of :data:`TAG_STRATEGIES`; ``clicked-frames`` needs ``frames`` (the frames
+    the user annotates) and tags, on those frames only, the slices where the
+    target has no pixel. The other frames stay untagged (bounds ``[0, upper]``).
+    """
+    target = np.asarray(target, dtype=bool)
+    if target.ndim != 4:
+        raise ValueError(f"target must be (X, Y, Z, T), got shape {target.shape}")
+    absent = ~target.any(axis=(0, 1))
+    if strategy == "every-frame":
+        return absent
+    tags = np.zeros_like(absent)
+    if strategy == "none":
+        return tags
+    if strategy != "clicked-frames":
+        raise ValueError(f"tag strategy must be one of {', '.join(TAG_STRATEGIES)}, got {strategy!r}")
+    if frames is None:
+        raise ValueError("the clicked-frames strategy needs the clicked frames")
+    frames = list(frames)
+    tags[:, frames] = absent[:, frames]
+    return tags
+
+
 def make_demo_case(seed: int = 0, shape=None, k: int = TARGET_DOTS, background_k: int = BACKGROUND_DOTS,
                    n_slices: int = 3) -> DemoCase:
     """The phantom of ``seed``; clicks on ``n_slices`` slices of ED and ES; bounds from subject ``seed + 1``.

@@ -1,0 +1,42 @@
+"""The demo's simulated user: which slice-frames it tags target-absent."""
+
+import numpy as np
+import pytest
+
+from napari_sizeloss.demo import TAG_STRATEGIES, absent_tags
+
+
+def _target():
+    target = np.zeros((6, 6, 4, 3), bool)  # (X, Y, Z, T)
+    target[2:4, 2:4, :2, :] = True  # slices 0-1: present in every frame
+    target[2:4, 2:4, 2, 0] = True  # slice 2: present in frame 0 only
+    return target  # slice 3: absent in every frame
+
+
+def test_every_frame_tags_each_slice_frame_without_the_target():
+    tags = absent_tags(_target(), "every-frame")
+    expected = np.zeros((4, 3), bool)
+    expected[2, 1:] = True
+    expected[3, :] = True
+    np.testing.assert_array_equal(tags, expected)
+
+
+def test_clicked_frames_tags_only_the_frames_the_user_annotates():
+    tags = absent_tags(_target(), "clicked-frames", frames=[0, 2])
+    expected = np.zeros((4, 3), bool)
+    expected[3, 0] = True  # frame 0: only slice 3 is empty
+    expected[2:, 2] = True  # frame 2: slices 2 and 3
+    np.testing.assert_array_equal(tags, expected)
+    assert not tags[:, 1].any()  # an unclicked frame keeps [0, upper]
+
+
+def test_no_tags_and_refusals():
+    assert not absent_tags(_target(), "none").any()
+    assert absent_tags(_target(), "none").shape == (4, 3)
+    assert set(TAG_STRATEGIES) == {"none", "clicked-frames", "every-frame"}
+    with pytest.raises(ValueError, match="one of"):
+        absent_tags(_target(), "oracle")
+    with pytest.raises(ValueError, match="clicked frames"):
+        absent_tags(_target(), "clicked-frames")
+    with pytest.raises(ValueError, match=r"\(X, Y, Z, T\)"):
+        absent_tags(_target()[..., 0], "none")
