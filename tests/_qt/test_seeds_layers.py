@@ -161,6 +161,20 @@ def test_supervision_tags_and_corrections():
     assert sup.corrected[4, 1] and sup.corrections[:, :, 4, 1].sum() == 4
 
 
+def test_supervision_tags_any_set_of_cells_but_not_dotted_ones():
+    sup = Supervision.empty((8, 6, 4, 3))
+    present = np.zeros((4, 3), bool)
+    present[1, 2] = True
+    cells = np.zeros((4, 3), bool)
+    cells[[0, 1, 3], [0, 2, 1]] = True  # scattered slice-frames, one of them dotted
+    assert sup.tag_cells(cells, True, present) == [(1, 2)]
+    assert sup.absent.sum() == 2 and sup.absent[0, 0] and sup.absent[3, 1]
+    assert sup.tag_cells(cells, False, present) == []  # untagging never skips
+    assert not sup.absent.any()
+    with pytest.raises(ValueError, match="differ in shape"):
+        sup.tag_cells(np.ones((3, 3), bool), True, present)
+
+
 def test_slice_states_flag_violations():
     present = np.array([[True, False], [False, False], [False, False]])
     absent = np.array([[False, False], [True, False], [False, False]])

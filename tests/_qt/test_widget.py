@@ -137,6 +137,33 @@ def test_tags_current_slice_and_range(viewer, widget, qtbot):
     assert not absent.any()
 
 
+def test_cells_selected_in_the_size_table_are_tagged_and_untagged(viewer, widget):
+    from qtpy.QtWidgets import QTableWidgetSelectionRange
+
+    image = viewer.layers["cine phantom"]
+    show_slice(viewer, image, z=1, t=0)
+    click(viewer, widget.seeds_layer, *lv_centre(viewer.layers["cine phantom ground truth"], 1, 0))
+    table = widget.size_table.table
+    Z, T = widget.supervision.absent.shape
+    # a block: slices 0-1 of frames 0-1 (slice 1 of frame 0 holds a target dot), and one more cell by ctrl-click
+    table.setRangeSelected(QTableWidgetSelectionRange(0, 0, 1, 1), True)
+    table.setRangeSelected(QTableWidgetSelectionRange(Z - 1, T - 1, Z - 1, T - 1), True)
+    widget.size_table.mark_button.click()
+    expected = np.zeros((Z, T), bool)
+    expected[0, 0] = expected[0, 1] = expected[1, 1] = expected[Z - 1, T - 1] = True
+    np.testing.assert_array_equal(widget.supervision.absent, expected)
+    assert "target dots" in widget.status.text() and "z=1 t=0" in widget.status.text()
+    assert "∅" in table.item(0, 1).text() and "∅" not in table.item(1, 0).text()
+    table.clearSelection()
+    table.setRangeSelected(QTableWidgetSelectionRange(0, 0, 0, T - 1), True)  # row 0, every frame
+    widget.size_table.unmark_button.click()
+    expected[0] = False
+    np.testing.assert_array_equal(widget.supervision.absent, expected)
+    table.clearSelection()
+    widget.size_table.mark_button.click()  # nothing selected: nothing changes
+    np.testing.assert_array_equal(widget.supervision.absent, expected)
+
+
 def test_table_click_moves_the_viewer(viewer, widget):
     widget.size_table.table.cellClicked.emit(2, 1)
     assert widget.current_slice() == (2, 1)

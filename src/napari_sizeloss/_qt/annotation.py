@@ -195,7 +195,16 @@ class AnnotationMixin:
             self._message("choose an image layer first", "error")
             return
         t = None if all_frames else self.current_slice()[1]
-        skipped = self.supervision.tag_absent(z_first, z_last, t, absent, self.present())
+        self._after_tagging(self.supervision.tag_absent(z_first, z_last, t, absent, self.present()))
+
+    def tag_cells(self, cells, absent: bool = True) -> None:
+        """Tag the slice-frames ``cells`` (bool ``(Z, T)``, e.g. the size table's selection) or clear their tag."""
+        if self.supervision is None:
+            self._message("choose an image layer first", "error")
+            return
+        self._after_tagging(self.supervision.tag_cells(cells, absent, self.present()))
+
+    def _after_tagging(self, skipped: list) -> None:
         if skipped:
             where = ", ".join(f"z={z} t={f}" for z, f in skipped[:4]) + (" ..." if len(skipped) > 4 else "")
             self._message(f"not tagged absent: slices with target dots ({where}); remove the dots first", "warning")

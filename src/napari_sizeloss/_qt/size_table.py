@@ -6,7 +6,9 @@ inside the bounds that apply to that slice, red where a constraint is
 violated, amber where an untagged slice has a small prediction (is the target
 there? add a dot or tag it absent), grey when there is no prediction yet.
 Marks: ``•`` slice with target dots, ``∅`` tagged absent, ``✎`` corrected.
-Clicking a cell shows that slice in the viewer.
+Clicking a cell shows that slice in the viewer. Cells can be selected
+(drag, shift- or ctrl-click) and tagged target-absent, or untagged, in one
+go: the apical slices of every frame where the cavity has closed, say.
 """
 
 from __future__ import annotations
@@ -14,7 +16,17 @@ from __future__ import annotations
 import numpy as np
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtGui import QBrush, QColor
-from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
 NONE, OK, VIOLATION, CHECK, CORRECTED = 0, 1, 2, 3, 4
 COLORS = {
@@ -84,9 +96,19 @@ def classify_slices(
 
 
 class SizeTable(QWidget):
-    """The colour-coded ``Z x T`` table; emits :attr:`slice_clicked` ``(z, t)``."""
+    """The colour-coded ``Z x T`` table.
+
+    Signals
+    -------
+    slice_clicked(int, int)
+        ``(z, t)`` of a clicked cell.
+    tag_requested(object, bool)
+        ``(cells, absent)``: ``cells`` bool ``(Z, T)``, the selected cells, to
+        be tagged target-absent (``absent=True``) or untagged.
+    """
 
     slice_clicked = Signal(int, int)
+    tag_requested = Signal(object, bool)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -94,7 +116,7 @@ class SizeTable(QWidget):
         self.summary.setWordWrap(True)
         self.table = QTableWidget(0, 0)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
         self.table.horizontalHeader().setDefaultSectionSize(44)
         self.table.verticalHeader().setDefaultSectionSize(20)
@@ -105,11 +127,33 @@ class SizeTable(QWidget):
         font.setPointSizeF(max(6.0, font.pointSizeF() * 0.85))
         self.table.setFont(font)
         self.table.cellClicked.connect(lambda row, col: self.slice_clicked.emit(row, col))
+        self.mark_button = QPushButton("Mark selected absent")
+        self.mark_button.setToolTip("Tag the selected cells (slice z, frame t) target-absent: bounds [0, 0] there. "
+                                    "Drag, shift- or ctrl-click in the table to select.")
+        self.unmark_button = QPushButton("Unmark selected")
+        self.mark_button.clicked.connect(lambda: self._request(True))
+        self.unmark_button.clicked.connect(lambda: self._request(False))
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.mark_button)
+        buttons.addWidget(self.unmark_button)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.summary)
         layout.addWidget(self.table)
+        layout.addLayout(buttons)
         self.states: np.ndarray | None = None
+
+    def selected_cells(self) -> np.ndarray:
+        """The selected cells as bool ``(Z, T)`` (rows z, columns t)."""
+        cells = np.zeros((self.table.rowCount(), self.table.columnCount()), dtype=bool)
+        for span in self.table.selectedRanges():
+            cells[span.topRow():span.bottomRow() + 1, span.leftColumn():span.rightColumn() + 1] = True
+        return cells
+
+    def _request(self, absent: bool) -> None:
+        cells = self.selected_cells()
+        if cells.any():
+            self.tag_requested.emit(cells, absent)
 
     def set_shape(self, n_slices: int, n_frames: int) -> None:
         """``n_slices`` rows (z) and ``n_frames`` columns (t), emptied."""

@@ -38,6 +38,20 @@ class Supervision:
     def tag_absent(self, z_first: int, z_last: int, t: int | None, absent: bool, present: np.ndarray) -> list[tuple[int, int]]:
         """Tag slices ``z_first..z_last`` (inclusive) of frame ``t`` (every frame when None).
 
+        As :meth:`tag_cells` on that block of slice-frames.
+        """
+        Z, T = self.absent.shape
+        z0, z1 = max(0, min(z_first, z_last)), min(Z - 1, max(z_first, z_last))
+        cells = np.zeros((Z, T), dtype=bool)
+        if t is None:
+            cells[z0:z1 + 1, :] = True
+        else:
+            cells[z0:z1 + 1, int(t)] = True
+        return self.tag_cells(cells, absent, present)
+
+    def tag_cells(self, cells: np.ndarray, absent: bool, present: np.ndarray) -> list[tuple[int, int]]:
+        """Tag the slice-frames ``cells`` (bool ``(Z, T)``) target-absent (``absent``) or clear their tag.
+
         Slices with target dots (``present``, bool ``(Z, T)``) cannot be
         tagged absent; they are left as they are and returned.
 
@@ -46,17 +60,12 @@ class Supervision:
         list of (z, t)
             Slices skipped because they hold target dots.
         """
-        Z, T = self.absent.shape
-        z0, z1 = max(0, min(z_first, z_last)), min(Z - 1, max(z_first, z_last))
-        frames = range(T) if t is None else [int(t)]
-        skipped = []
-        for z in range(z0, z1 + 1):
-            for f in frames:
-                if absent and present[z, f]:
-                    skipped.append((z, f))
-                    continue
-                self.absent[z, f] = absent
-        return skipped
+        cells = np.asarray(cells, dtype=bool)
+        if cells.shape != self.absent.shape:
+            raise ValueError(f"cells {cells.shape} and tags {self.absent.shape} differ in shape")
+        skipped = cells & present if absent else np.zeros_like(cells)
+        self.absent[cells & ~skipped] = absent
+        return [(int(z), int(t)) for z, t in zip(*np.nonzero(skipped))]
 
     def clear_tags(self) -> None:
         self.absent[:] = False

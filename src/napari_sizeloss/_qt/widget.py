@@ -184,6 +184,7 @@ class SizeLossWidget(AnnotationMixin, TrainingMixin, ModelIOMixin, AutosaveMixin
         sizes_box = QGroupBox("Predicted size per slice (rows z, columns t)")
         self.size_table = SizeTable()
         self.size_table.slice_clicked.connect(self.go_to_slice)
+        self.size_table.tag_requested.connect(self.tag_cells)
         QVBoxLayout(sizes_box).addWidget(self.size_table)
         column.addWidget(sizes_box)
 
