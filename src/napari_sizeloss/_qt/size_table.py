@@ -207,6 +207,6 @@ class SizeTable(QWidget):
             n_check = int((states == CHECK).sum())
             self.summary.setText(
                 f"{n_bad} of {Z * T} slice-frames violate the bounds (red); {n_check} to check (amber). "
-                "Click a cell to go there."
+                "Click a cell to go there; select cells to tag them absent."
             )
         return states
