@@ -63,7 +63,7 @@ def demo_slices(target: np.ndarray, frames, n: int = 3) -> list[int]:
 TAG_STRATEGIES = ("none", "clicked-frames", "every-frame")
 
 
-def absent_tags(target: np.ndarray, strategy: str = "clicked-frames", frames=None) -> np.ndarray:
+def absent_tags(target: np.ndarray, strategy: str, frames=None) -> np.ndarray:
     """The slice-frames a simulated user tags target-absent, bool ``(Z, T)``.
 
     ``target`` is the ground truth, bool ``(X, Y, Z, T)``. ``strategy`` is one

@@ -162,6 +162,9 @@ def test_cells_selected_in_the_size_table_are_tagged_and_untagged(viewer, widget
     table.clearSelection()
     widget.size_table.mark_button.click()  # nothing selected: nothing changes
     np.testing.assert_array_equal(widget.supervision.absent, expected)
+    widget.tag_cells(np.ones((Z + 1, T), bool))  # cells of another shape: one line, nothing changes
+    assert "differ in shape" in widget.status.text()
+    np.testing.assert_array_equal(widget.supervision.absent, expected)
 
 
 def test_table_click_moves_the_viewer(viewer, widget):

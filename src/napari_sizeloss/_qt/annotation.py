@@ -202,7 +202,12 @@ class AnnotationMixin:
         if self.supervision is None:
             self._message("choose an image layer first", "error")
             return
-        self._after_tagging(self.supervision.tag_cells(cells, absent, self.present()))
+        try:
+            skipped = self.supervision.tag_cells(cells, absent, self.present())
+        except ValueError as err:  # a table of another image's shape: refuse, change nothing
+            self._message(f"not tagged: {err}", "error")
+            return
+        self._after_tagging(skipped)
 
     def _after_tagging(self, skipped: list) -> None:
         if skipped:
