@@ -40,3 +40,31 @@ def test_no_tags_and_refusals():
         absent_tags(_target(), "clicked-frames")
     with pytest.raises(ValueError, match=r"\(X, Y, Z, T\)"):
         absent_tags(_target()[..., 0], "none")
+
+
+def test_the_demo_command_trains_with_the_users_tags_and_scores(tmp_path, capsys, monkeypatch):
+    import napari_sizeloss.trainer as trainer
+    from napari_sizeloss.cli import main
+    from napari_sizeloss.demo import make_demo_case
+
+    seen = []
+    real_train = trainer.train
+
+    def recording_train(*args, absent=None, **kwargs):
+        seen.append(absent)
+        return real_train(*args, absent=absent, **kwargs)
+
+    monkeypatch.setattr(trainer, "train", recording_train)
+    out = tmp_path / "demo"
+    assert main(["demo", "--steps", "2", "--threads", "1", "--device", "cpu", "--tags", "every-frame",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    case = make_demo_case(seed=0)
+    expected = absent_tags(case.target, "every-frame")
+    assert f"{int(expected.sum())} slice-frames tagged target-absent (every-frame)" in text
+    np.testing.assert_array_equal(seen[-1], expected)
+    assert "| CE + size penalty |" in text
+    assert {p.name for p in out.iterdir()} >= {"image.nii.gz", "gt.nii.gz", "seeds.nii.gz", "pred.nii.gz", "model.ckpt"}
+
+    assert main(["demo", "--steps", "1", "--threads", "1", "--device", "cpu"]) == 0
+    assert not seen[-1].any() and "tagged" not in capsys.readouterr().out  # the default: no tags

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .demo import TAG_STRATEGIES
+
 EXIT_ERROR = 2
 
 
@@ -409,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int)
     p.add_argument("--compare", action="store_true", help="also train without the size penalty (same budget)")
+    p.add_argument("--tags", choices=TAG_STRATEGIES, default="none",
+                   help="tag target-absent slices as a user would: none (default), on the clicked frames "
+                        "(clicked-frames), or every slice-frame without the target (every-frame, as the paper)")
     p.set_defaults(func=cmd_demo)
 
     for module in ("reproduce", "bench"):

@@ -117,8 +117,11 @@ def make_demo_case(seed: int = 0, shape=None, k: int = TARGET_DOTS, background_k
 
 
 def run_case(case: DemoCase, *, size_weight: float, steps: int, device: str = "auto",
-             threads: int | None = None, seed: int = 0, log=None):
-    """Train on ``case``; returns (session, mean 3D Dice over frames, seconds)."""
+             threads: int | None = None, seed: int = 0, log=None, absent=None):
+    """Train on ``case``; returns (session, mask, mean 3D Dice over frames, seconds).
+
+    ``absent``: bool ``(Z, T)`` slice-frames tagged target-absent (None: none).
+    """
     from .metrics import dice_3d
     from .trainer import TrainConfig, train
 
@@ -127,7 +130,8 @@ def run_case(case: DemoCase, *, size_weight: float, steps: int, device: str = "a
     )
     start = time.perf_counter()
     session = train(
-        case.image, case.seeds, case.bounds, spacing=case.phantom.spacing, config=config, callback=log
+        case.image, case.seeds, case.bounds, spacing=case.phantom.spacing, config=config, callback=log,
+        absent=absent,
     )
     seconds = time.perf_counter() - start
     mask = session.predict()
@@ -149,6 +153,9 @@ def run_demo(args) -> int:
         f"{n_background} background dots on slices {case.clicked_slices} of frames {case.clicked_frames}"
     )
     print(f"bounds from subject {args.seed + 1} (paper recipe): {case.bounds.lower:.0f}-{case.bounds.upper:.0f} px per slice")
+    absent = absent_tags(case.target, args.tags, case.clicked_frames)
+    if args.tags != "none":
+        print(f"{int(absent.sum())} slice-frames tagged target-absent ({args.tags})")
     runs = [("CE + size penalty", 1e-2)]
     if args.compare:
         runs.append(("CE only", 0.0))
@@ -157,7 +164,7 @@ def run_demo(args) -> int:
         print(f"training: {name}, {args.steps} steps", flush=True)
         session, mask, dice, seconds = run_case(
             case, size_weight=weight, steps=args.steps, device=args.device, threads=args.threads,
-            seed=args.seed, log=_progress_printer(args.steps),
+            seed=args.seed, log=_progress_printer(args.steps), absent=absent,
         )
         results.append((name, dice, seconds))
         if args.out and weight > 0:
