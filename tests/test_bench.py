@@ -203,7 +203,7 @@ def test_a_level_counts_as_held_only_when_no_later_score_falls_below_it():
 
 
 def test_time_to_quality_trains_with_the_simulated_users_absent_tags(monkeypatch):
-    import napari_sizeloss.trainer as trainer
+    from napari_sizeloss import trainer
     from napari_sizeloss.demo import make_demo_case
 
     seen = []

@@ -43,7 +43,7 @@ def test_no_tags_and_refusals():
 
 
 def test_the_demo_command_trains_with_the_users_tags_and_scores(tmp_path, capsys, monkeypatch):
-    import napari_sizeloss.trainer as trainer
+    from napari_sizeloss import trainer
     from napari_sizeloss.cli import main
     from napari_sizeloss.demo import make_demo_case
 
