@@ -154,6 +154,7 @@ def test_cells_selected_in_the_size_table_are_tagged_and_untagged(viewer, widget
     np.testing.assert_array_equal(widget.supervision.absent, expected)
     assert "target dots" in widget.status.text() and "z=1 t=0" in widget.status.text()
     assert "∅" in table.item(0, 1).text() and "∅" not in table.item(1, 0).text()
+    np.testing.assert_array_equal(widget._snapshot_request().absent, expected)  # what the next Train round gets
     table.clearSelection()
     table.setRangeSelected(QTableWidgetSelectionRange(0, 0, 0, T - 1), True)  # row 0, every frame
     widget.size_table.unmark_button.click()
