@@ -162,7 +162,8 @@ def test_quality_over_demo_cases_reuses_the_first_and_reports_the_range(capsys):
     from napari_sizeloss.bench import quality_by_case
 
     first = {"time_to_dice_085_s": None, "time_to_dice_085_held_s": None, "dice_at_60s": 0.5,
-             "dice_after_first_round": 0.5, "dice_after_corrections": 0.25, "first_round_s": 1.0}
+             "dice_after_first_round": 0.5, "dice_after_corrections": 0.25, "first_round_s": 1.0,
+             "bounds_px": [100.0, 848.0], "bounds_px_after_corrections": [100.0, 1050.0]}
     rows = quality_by_case("cpu", [0, 1], first=first, steps=2, correction_steps=2, threads=1)
     assert [r["seed"] for r in rows] == [0, 1]
     assert rows[0] == {"seed": 0, **first}  # seed 0's session is the bench's own: not run again
@@ -171,7 +172,7 @@ def test_quality_over_demo_cases_reuses_the_first_and_reports_the_range(capsys):
     low, high = sorted([0.5, rows[1]["dice_at_60s"]])
     assert f"3D Dice within 60 s: {low}-{high}" in out and "over 2 seeds" in out
     assert f"over 2 seeds, {sum(v >= 0.85 for v in (low, high))} at 0.85 or more" in out
-    assert "seed 0: Dice 0.85 not reached, 0.5 within 60 s, 0.25 after corrections" in out
+    assert "seed 0: Dice 0.85 not reached, 0.5 within 60 s, 0.25 after corrections (upper bound 848 -> 1050 px)" in out
 
 
 def test_bench_refuses_a_case_count_below_one(capsys):
@@ -231,3 +232,40 @@ def test_bench_refuses_an_unknown_tag_strategy(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--tags", "oracle"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_the_corrections_round_widens_the_bounds_to_admit_the_corrected_slices(monkeypatch, fixed):
+    """As Use corrections in the widget: a corrected slice above the upper bound raises it (unless fixed)."""
+    from napari_sizeloss import bench, trainer
+    from napari_sizeloss.demo import make_demo_case
+
+    case = make_demo_case(seed=0)
+    areas = case.target.sum(axis=(0, 1))  # (Z, T) px
+    largest = tuple(int(v) for v in np.unravel_index(np.argmax(areas), areas.shape))
+    assert areas[largest] > case.bounds.upper  # the other subject's heart is smaller: 1050 > 848 px
+    monkeypatch.setattr(bench, "worst_slices", lambda mask, target, n=2: [largest, (5, 3)])
+    updates = []
+    real = trainer.TrainingSession
+
+    class Recording(real):
+        def update(self, **kwargs):
+            updates.append(kwargs)
+            super().update(**kwargs)
+
+    monkeypatch.setattr(trainer, "TrainingSession", Recording)
+    out = time_to_quality("cpu", steps=2, correction_steps=2, steps_between=2, threads=1, fixed_bounds=fixed)
+    bounds = updates[-1]["bounds"]
+    assert bounds.lower == case.bounds.lower  # slice (5, 3) is inside the bounds: the lower one stays
+    expected = case.bounds.upper if fixed else float(areas[largest])
+    assert bounds.upper == pytest.approx(expected)
+    assert out["bounds_px_after_corrections"] == [round(case.bounds.lower, 1), round(expected, 1)]
+    assert out["bounds_px"] == [round(case.bounds.lower, 1), round(case.bounds.upper, 1)]
+
+
+def test_bench_prints_the_widened_bounds():
+    from napari_sizeloss import bench
+
+    q = {"bounds_px": [100.0, 848.0], "bounds_px_after_corrections": [90.0, 1050.0]}
+    assert bench._widened(q) == " (upper bound 848 -> 1050 px, lower bound 100 -> 90 px)"
+    assert bench._widened({"bounds_px": [1, 2], "bounds_px_after_corrections": [1, 2]}) == ""

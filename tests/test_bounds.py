@@ -10,6 +10,7 @@ from napari_sizeloss.bounds import (
     annotation_sizes,
     bounds_from_annotation,
     slice_bounds,
+    widen_to_admit,
 )
 
 ANISO = (1.25, 0.8, 6.0)  # sx, sy, sz in mm: pixel 1.0 mm^2, voxel 6.0 mm^3
@@ -319,3 +320,45 @@ def test_slice_bounds_errors():
         slice_bounds(SizeBounds(1, 2), np.zeros((2, 1), bool), np.zeros((2, 2), bool))
     with pytest.raises(BoundsError, match="needs a SizeBounds"):
         slice_bounds((1, 2), np.zeros((2, 1), bool), np.zeros((2, 1), bool))
+
+
+# ------------------------------------------------------- widen_to_admit
+def test_widen_raises_the_upper_bound_to_the_largest_corrected_area():
+    bounds = SizeBounds(120, 676)
+    widened = widen_to_admit(bounds, [911, 938, 400])
+    assert (widened.lower, widened.upper, widened.unit) == (120, 938, "px")
+
+
+def test_widen_lowers_the_lower_bound_but_ignores_empty_corrections():
+    widened = widen_to_admit(SizeBounds(120, 676), [0, 95, 300])
+    assert (widened.lower, widened.upper) == (95, 676)
+    # an empty correction says "no target here": the lower bound stays
+    assert widen_to_admit(SizeBounds(120, 676), [0, 0]) == SizeBounds(120, 676)
+
+
+def test_widen_returns_the_same_bounds_when_every_area_fits():
+    bounds = SizeBounds(120, 676)
+    assert widen_to_admit(bounds, [120, 500, 676]) is bounds
+    assert widen_to_admit(bounds, []) is bounds
+
+
+def test_widen_keeps_mm2_bounds_in_mm2():
+    # 1.5 x 2.0 mm pixels: 3 mm^2 each; 400 px = 1200 mm^2 is above 900 mm^2
+    widened = widen_to_admit(SizeBounds(300, 900, "mm2"), [400, 150], spacing=(1.5, 2.0))
+    assert widened.unit == "mm2"
+    assert widened.lower == pytest.approx(300) and widened.upper == pytest.approx(1200)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: widen_to_admit(SizeBounds(1, 2, "mm3"), [5]), "volume bounds"),
+        (lambda: widen_to_admit(SizeBounds(1, 2), [5, float("nan")]), "finite"),
+        (lambda: widen_to_admit(SizeBounds(1, 2), [-3]), "finite and >= 0"),
+        (lambda: widen_to_admit(SizeBounds(1, 2, "mm2"), [5]), "spacing"),
+        (lambda: widen_to_admit((1, 2), [5]), "SizeBounds"),
+    ],
+)
+def test_widen_errors(call, message):
+    with pytest.raises(BoundsError, match=message):
+        call()

@@ -20,6 +20,7 @@ _PUBLIC = {
     "SizeBounds": "bounds",
     "BoundsError": "bounds",
     "bounds_from_annotation": "bounds",
+    "widen_to_admit": "bounds",
     "dice_2d": "metrics",
     "dice_3d": "metrics",
     "erosion_weak_labels": "weak_labels",

@@ -233,7 +233,8 @@ def held_from(curve: list, level: float):
 
 
 def time_to_quality(device, *, steps=None, correction_steps=100, steps_between=25, seed=0,
-                    threads=None, deadline_s=60.0, tags: str = "none", **config_overrides) -> dict:
+                    threads=None, deadline_s=60.0, tags: str = "none", fixed_bounds: bool = False,
+                    **config_overrides) -> dict:
     """The interactive session on the demo case, timed as a user lives it.
 
     Press Train with the interactive defaults (``steps`` overrides the
@@ -245,10 +246,15 @@ def time_to_quality(device, *, steps=None, correction_steps=100, steps_between=2
     ``dice_at_60s`` is the last score within ``deadline_s`` of pressing Train.
     ``tags`` is how the simulated user tags target-absent slices before
     pressing Train (:func:`~napari_sizeloss.demo.absent_tags`; default none).
+    As the widget's *Use corrections* does, the corrections round first
+    widens the bounds to admit every corrected slice's area
+    (:func:`~napari_sizeloss.bounds.widen_to_admit`); ``fixed_bounds`` keeps
+    them as they were (the behaviour before 2026-12-02).
     ``config_overrides`` go to :meth:`TrainConfig.interactive` (e.g. ``ema_decay=None``).
     """
     import resource
 
+    from .bounds import widen_to_admit
     from .demo import absent_tags, make_demo_case
     from .trainer import TrainConfig, TrainingSession
 
@@ -275,7 +281,10 @@ def time_to_quality(device, *, steps=None, correction_steps=100, steps_between=2
     corrected = np.zeros(case.image.shape[2:], dtype=bool)
     for z, t in worst:
         corrected[z, t] = True
-    session.update(corrections=case.target.astype(np.uint8), corrected=corrected)
+    bounds = case.bounds
+    if not fixed_bounds:
+        bounds = widen_to_admit(bounds, case.target[:, :, corrected].sum(axis=(0, 1)), case.phantom.spacing[:2])
+    session.update(corrections=case.target.astype(np.uint8), corrected=corrected, bounds=bounds)
     session.config.steps = correction_steps
     corr_curve: list = []
     corr_spent = _train_round(session, case.target, max(5, steps_between // 2), corr_curve, offset=spent)
@@ -290,6 +299,8 @@ def time_to_quality(device, *, steps=None, correction_steps=100, steps_between=2
         "dice_after_first_round": curve[-1][1],
         "dice_curve": curve,
         "corrected_slices": [list(map(int, zt)) for zt in worst],
+        "bounds_px": [round(case.bounds.lower, 1), round(case.bounds.upper, 1)],
+        "bounds_px_after_corrections": [round(bounds.lower, 1), round(bounds.upper, 1)],
         "dice_after_corrections": corr_curve[-1][1],
         "corrections_round_steps": correction_steps,
         "corrections_round_s": round(corr_spent, 1),
@@ -427,7 +438,7 @@ def run_bench(args) -> int:
 
     tags = args.tags
     q = time_to_quality(device, steps=60 if quick else None, correction_steps=20 if quick else 100,
-                        threads=args.threads, tags=tags)
+                        threads=args.threads, tags=tags, fixed_bounds=args.fixed_bounds)
     results.update(q)
     t85, held = q["time_to_dice_085_s"], q["time_to_dice_085_held_s"]
     tagged = "" if tags == "none" else f", {q['absent_tags']} slice-frames tagged absent ({tags})"
@@ -436,13 +447,15 @@ def run_bench(args) -> int:
     print(f"  time to 3D Dice 0.85: {'not reached' if t85 is None else f'{t85:.1f} s'}; "
           f"held from then to the round's end: {'no' if held is None else f'from {held:.1f} s'}", flush=True)
     print(f"  3D Dice within 60 s: {q['dice_at_60s']}; at the end of the round: {q['dice_after_first_round']}", flush=True)
-    print(f"  after correcting the 2 worst slices {q['corrected_slices']} and {q['corrections_round_steps']} more steps "
-          f"({q['corrections_round_s']:.0f} s): {q['dice_after_corrections']}", flush=True)
+    print(f"  after correcting the 2 worst slices {q['corrected_slices']}{_widened(q)} and "
+          f"{q['corrections_round_steps']} more steps ({q['corrections_round_s']:.0f} s): "
+          f"{q['dice_after_corrections']}", flush=True)
     print(f"  peak memory (RSS): {q['peak_rss_mb']} MB", flush=True)
     if args.cases > 1:
         results["quality_by_case"] = quality_by_case(
             device, range(args.cases), first=q, steps=60 if quick else None,
             correction_steps=20 if quick else 100, threads=args.threads, tags=tags,
+            fixed_bounds=args.fixed_bounds,
         )
 
     steps = 40 if quick else 300
@@ -457,23 +470,32 @@ def run_bench(args) -> int:
     return 0
 
 
+def _widened(q: dict) -> str:
+    """``" (upper bound 676 -> 938 px)"`` when the corrections round widened the bounds, else ``""``."""
+    (lo, hi), (lo2, hi2) = q["bounds_px"], q["bounds_px_after_corrections"]
+    parts = [f"{name} bound {a:.0f} -> {b:.0f} px" for name, a, b in (("upper", hi, hi2), ("lower", lo, lo2)) if a != b]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def quality_by_case(device, seeds, *, first: dict | None = None, steps=None, correction_steps=100,
-                    threads=None, tags: str = "none") -> list[dict]:
+                    threads=None, tags: str = "none", fixed_bounds: bool = False) -> list[dict]:
     """:func:`time_to_quality` on the demo cases of several seeds, printed one line each, then the ranges.
 
     A seed changes the phantom, its dots and the training's random streams;
     seed 0 is the bench's headline case (``first``: its result, not rerun).
-    ``tags`` is the simulated user's absent tags (:func:`time_to_quality`).
+    ``tags`` is the simulated user's absent tags, ``fixed_bounds`` keeps the
+    bounds in the corrections round (both as :func:`time_to_quality`).
 
     Returns
     -------
     list of dict
         Per seed: ``seed``, ``time_to_dice_085_s`` and ``time_to_dice_085_held_s``
         (None when not reached or not held), ``dice_at_60s``,
-        ``dice_after_first_round``, ``dice_after_corrections``, ``first_round_s``.
+        ``dice_after_first_round``, ``dice_after_corrections``, ``first_round_s``,
+        ``bounds_px`` and ``bounds_px_after_corrections``.
     """
     keys = ("time_to_dice_085_s", "time_to_dice_085_held_s", "dice_at_60s", "dice_after_first_round",
-            "dice_after_corrections", "first_round_s")
+            "dice_after_corrections", "first_round_s", "bounds_px", "bounds_px_after_corrections")
     rows = []
     print("the same session on other demo cases (phantom, dots and training seed):", flush=True)
     for seed in seeds:
@@ -481,7 +503,7 @@ def quality_by_case(device, seeds, *, first: dict | None = None, steps=None, cor
             q = first
         else:
             q = time_to_quality(device, steps=steps, correction_steps=correction_steps, seed=seed, threads=threads,
-                                tags=tags)
+                                tags=tags, fixed_bounds=fixed_bounds)
         row = {"seed": int(seed), **{k: q[k] for k in keys}}
         rows.append(row)
         t85, held = row["time_to_dice_085_s"], row["time_to_dice_085_held_s"]
@@ -489,7 +511,7 @@ def quality_by_case(device, seeds, *, first: dict | None = None, steps=None, cor
         if t85 is not None:
             reached += " (not held)" if held is None else f" (held from {held:.1f} s)"
         print(f"  seed {seed}: Dice 0.85 {reached}, {row['dice_at_60s']} within 60 s, "
-              f"{row['dice_after_corrections']} after corrections", flush=True)
+              f"{row['dice_after_corrections']} after corrections{_widened(q)}", flush=True)
     for key, label, level in (("dice_at_60s", "within 60 s", 0.85), ("dice_after_corrections", "after corrections", 0.90)):
         values = sorted(r[key] for r in rows)
         print(f"  3D Dice {label}: {values[0]}-{values[-1]} (median {round(statistics.median(values), 4)}) "
@@ -527,4 +549,8 @@ def add_bench_parser(subparsers) -> None:
                    help="how the simulated user of the time-to-quality session tags target-absent slices before "
                         "Train: none (default), on the frames it clicks (clicked-frames), or every slice-frame "
                         "without the target (every-frame, the paper's image-level tags)")
+    p.add_argument("--fixed-bounds", action="store_true",
+                   help="keep the bounds in the corrections round even where a corrected slice lies outside them "
+                        "(by default the simulated user's bounds are widened to admit it, as the widget's "
+                        "Use corrections does)")
     p.set_defaults(func=run_bench)

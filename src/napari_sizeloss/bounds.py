@@ -11,6 +11,8 @@ stored as mm^3, 1 mL = 1000 mm^3). Conversions use the voxel spacing
 lower = 1.1 x its smallest non-empty slice area, upper = 0.9 x its largest)
 and :func:`slice_bounds` turns one :class:`SizeBounds` plus the user's slice
 tags into the per-slice ``(Z, T)`` bounds that the loss sees.
+:func:`widen_to_admit` widens bounds that a slice the user drew in full
+(a correction) shows to be wrong.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ __all__ = [
     "annotation_sizes",
     "bounds_from_annotation",
     "slice_bounds",
+    "widen_to_admit",
 ]
 
 #: Units of a per-slice size (area).
@@ -427,3 +430,59 @@ def slice_bounds(
         lower[present] = bounds_px.lower
     upper[absent] = 0.0
     return lower, upper
+
+
+def widen_to_admit(
+    bounds: SizeBounds,
+    areas_px: Sequence[float] | np.ndarray,
+    spacing: Sequence[float] | None = None,
+) -> SizeBounds:
+    """The smallest widening of ``bounds`` that holds every non-zero area of ``areas_px``.
+
+    A slice the user drew in full (a correction) gives the target's true area
+    there. Bounds that leave it out are wrong for this image: with the
+    paper's one-subject recipe (upper = 0.9 x the *other* subject's largest
+    slice) the largest basal slices of a bigger heart are above the upper
+    bound, and every untouched slice like them keeps being pushed smaller
+    than the correction the network is fitting. Raising the upper bound to
+    the largest corrected area (and lowering the lower bound to the smallest
+    non-zero one) removes that contradiction and nothing more.
+
+    Parameters
+    ----------
+    bounds : SizeBounds
+        Per-slice (area) bounds, ``px`` or ``mm2``.
+    areas_px : sequence of float
+        Corrected slices' target areas in pixels. Zeros (a slice drawn
+        empty: the target is absent there) do not move the lower bound,
+        which applies only to slices with the target.
+    spacing : (sx, sy), mm, optional
+        Needed when ``bounds`` are in ``mm2``.
+
+    Returns
+    -------
+    SizeBounds
+        In ``bounds.unit``; ``bounds`` itself when every area already fits.
+
+    Raises
+    ------
+    BoundsError
+        Volume bounds, an area that is negative or not finite, or ``mm2``
+        bounds without ``spacing``.
+    """
+    if not isinstance(bounds, SizeBounds):
+        raise BoundsError(f"widen_to_admit needs a SizeBounds; got {type(bounds).__name__}")
+    if not bounds.is_area:
+        raise BoundsError(f"corrected slice areas cannot widen volume bounds ({bounds.unit})")
+    areas = np.asarray(areas_px, dtype=float).ravel()
+    if areas.size and not (np.isfinite(areas).all() and (areas >= 0).all()):
+        raise BoundsError("corrected slice areas must be finite and >= 0")
+    areas = areas[areas > 0]
+    if areas.size == 0:
+        return bounds
+    px = bounds.to_pixels(spacing)
+    lower = min(px.lower, float(areas.min()))
+    upper = max(px.upper, float(areas.max()))
+    if lower == px.lower and upper == px.upper:
+        return bounds
+    return SizeBounds(lower, upper, "px").to_unit(bounds.unit, spacing)

@@ -395,3 +395,43 @@ def test_compile_checkbox_is_disabled_without_a_compiler(viewer, monkeypatch, qt
     assert not box.isEnabled() and not box.isChecked()
     assert "C++ compiler" in box.toolTip()
     assert widget.settings.overrides()["compile"] is False
+
+
+def test_a_correction_larger_than_the_upper_bound_raises_it(viewer, widget, qtbot):
+    """Use corrections widens bounds that the drawn slice contradicts, visibly, and trains with them."""
+    gt = viewer.layers["cine phantom ground truth"]
+    prediction = viewer.layers["cine phantom prediction"]
+    configure(widget, steps=2)
+    add_dots(viewer, widget, gt)
+    truth = (np.asarray(gt.data[0, 1]) == 3).astype(np.uint8)  # slice z=1 of frame t=0
+    area = float(truth.sum() * widget.geometry.pixel_area_mm2)  # mm^2: the phantom has a spacing
+    assert widget.bounds_panel.unit == "mm2"
+    widget.bounds_panel.set_bounds(0.2 * area, 0.6 * area)  # an upper bound from a smaller heart
+    lower_before, upper_before = widget.bounds_panel.bounds()  # as the spin boxes round them
+    assert upper_before < area
+    prediction.data[0, 1] = truth
+    notified = []
+    widget._message = lambda text, level="info", notify=True, _orig=widget._message: (
+        notified.append((text, level, notify)), _orig(text, level, notify=False))
+    assert widget.use_corrections() is True
+    wait_idle(qtbot, widget)
+    lower, upper = widget.bounds_panel.bounds()
+    assert lower == lower_before  # the lower bound admitted the slice already
+    decimals = widget.bounds_panel.upper_spin.decimals()
+    assert area <= upper < area + 10 ** -decimals  # raised to the drawn area, rounded outwards
+    assert any(
+        "upper bound raised from" in text and f"to {upper:.0f} mm²" in text and notify
+        for text, _, notify in notified
+    ), notified
+    # the round trained with the widened bound (in pixels)
+    assert widget.session.bounds_px.upper == pytest.approx(upper / widget.geometry.pixel_area_mm2)
+
+    # bounds that already hold every corrected slice are left alone
+    widget.bounds_panel.set_bounds(0.2 * area, 2.0 * area)
+    kept = widget.bounds_panel.bounds()
+    prediction.data[0, 2] = (np.asarray(gt.data[0, 2]) == 3).astype(np.uint8)  # correct another slice
+    notified.clear()
+    assert widget.use_corrections() is True
+    wait_idle(qtbot, widget)
+    assert widget.bounds_panel.bounds() == kept
+    assert not any("bound" in text for text, _, _ in notified)

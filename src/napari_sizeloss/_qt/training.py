@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..compute_thread import run_generator
+from .bounds_panel import UNIT_TEXT
 from .jobs import PredictionProgress, SessionReady, TrainRequest, VolumePrediction, training_job
 from .layers import ROLE_PREDICTION, SeedsShapeError, VolumeError, find_companion, geometry_of, make_prediction_layer
 from .prediction import PredictionTracker
@@ -299,9 +300,48 @@ class TrainingMixin:
         self.supervision.absent[edited] = False
         self.tracker.accept(edited)
         self._message(f"{n} corrected slice(s) will be used as full supervision", notify=False)
+        self._admit_corrected_areas()
         self._refresh_views()
         self.autosave_now()
         return self.train()
+
+    def _admit_corrected_areas(self) -> None:
+        """Widen the bounds so that every corrected slice's area lies within them (with a notification).
+
+        A slice drawn in full is the target's true area on this image; bounds
+        that leave it out (typically an upper bound from a smaller subject,
+        below the largest basal slices) would keep pushing every slice like
+        it below the size the network is being taught there
+        (:func:`~napari_sizeloss.bounds.widen_to_admit`).
+        """
+        from ..bounds import BoundsError, SizeBounds, widen_to_admit
+
+        if self.bounds_panel.problem():
+            return  # Train refuses these bounds with its own message
+        sup = self.supervision
+        areas = sup.corrections[:, :, sup.corrected].sum(axis=(0, 1))
+        lower, upper = self.bounds_panel.bounds()
+        unit = self.bounds_panel.unit
+        spacing = self.geometry.spacing[:2] if self.geometry.spacing else None
+        try:
+            widened = widen_to_admit(SizeBounds(lower, upper, unit), areas, spacing)
+        except BoundsError as exc:  # defensive: the panel's bounds are valid here
+            self._message(str(exc), "error")
+            return
+        if (widened.lower, widened.upper) == (lower, upper):
+            return
+        scale = 10 ** self.bounds_panel.upper_spin.decimals()  # shown rounded outwards, never inside
+        new_lower = math.floor(widened.lower * scale) / scale if widened.lower < lower else lower
+        new_upper = math.ceil(widened.upper * scale) / scale if widened.upper > upper else upper
+        self.bounds_panel.set_bounds(new_lower, new_upper)
+        new_lower, new_upper = self.bounds_panel.bounds()
+        shown = UNIT_TEXT[unit]
+        changes = []
+        if new_upper > upper:
+            changes.append(f"upper bound raised from {upper:.0f} to {new_upper:.0f} {shown}")
+        if new_lower < lower:
+            changes.append(f"lower bound lowered from {lower:.0f} to {new_lower:.0f} {shown}")
+        self._message(f"{' and '.join(changes)}: a corrected slice lies outside the bounds", "info")
 
     def clear_corrections(self) -> None:
         if self.supervision is not None and self.supervision.corrected.any():
