@@ -314,3 +314,19 @@ def test_loss_plot_paints_curves_fast_and_keeps_spikes(qtbot):
     y[1234] = 50.0
     xs, ys = decimate(np.arange(5000.0), y, max_points=100)
     assert len(xs) <= 102 and ys.max() == 50.0 and 1234.0 in xs
+
+
+def test_a_red_cell_says_which_bound_it_crosses(widget):
+    table = widget.size_table
+    present = np.array([[True, False], [False, False]])
+    absent = np.array([[False, False], [False, True]])
+    none = np.zeros((2, 2), bool)
+    sizes = np.array([[50.0, 500.0], [0.0, 30.0]])
+    lower = np.array([[100.0, 0.0], [0.0, 0.0]])
+    upper = np.array([[400.0, 400.0], [400.0, 0.0]])
+    table.show_sizes(sizes, lower, upper, present, absent, none, "px")
+    tips = [[table.table.item(z, t).toolTip() for t in range(2)] for z in range(2)]
+    assert tips[0][0].startswith("z=0, t=0: 50 px; bounds [100, 400] px; smaller than the lower bound")
+    assert "raise the upper bound" in tips[0][1]
+    assert tips[1][0].endswith("inside the bounds")
+    assert "tagged absent" in tips[1][1]

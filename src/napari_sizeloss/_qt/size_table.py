@@ -95,6 +95,24 @@ def classify_slices(
     return state
 
 
+def state_text(state: int, size: float, lower: float, upper: float, absent: bool, tolerance: float = 0.5) -> str:
+    """What a cell's state means and what the user can do about it (the cell's tooltip).
+
+    A red cell can mean that the prediction is wrong *or* that the bound is:
+    bounds from another subject's heart can sit below this one's basal
+    slices (see :func:`~napari_sizeloss.bounds.widen_to_admit`).
+    """
+    if state != VIOLATION:
+        return STATE_TEXT[state]
+    if absent:
+        return "predicted on a slice tagged absent: train on or erase it; unmark the tag if the target is there"
+    if size > upper + tolerance:
+        return ("larger than the upper bound: erase the excess, or raise the upper bound "
+                "if the target really is this large here")
+    return ("smaller than the lower bound: paint the missing part, or lower the bound "
+            "if the target really is this small here")
+
+
 class SizeTable(QWidget):
     """The colour-coded ``Z x T`` table.
 
@@ -197,7 +215,8 @@ class SizeTable(QWidget):
                 size_text = "no prediction" if sizes is None else f"{sizes[z, t]:.0f} {unit_text}"
                 item.setToolTip(
                     f"z={z}, t={t}: {size_text}; bounds [{lower[z, t]:.0f}, {hi}] {unit_text}; "
-                    f"{STATE_TEXT[int(states[z, t])]}"
+                    + state_text(int(states[z, t]), 0.0 if sizes is None else float(sizes[z, t]),
+                                 float(lower[z, t]), float(upper[z, t]), bool(absent[z, t]))
                 )
         self.states = states
         if sizes is None:
