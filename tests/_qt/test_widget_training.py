@@ -420,7 +420,7 @@ def test_a_correction_larger_than_the_upper_bound_raises_it(viewer, widget, qtbo
     decimals = widget.bounds_panel.upper_spin.decimals()
     assert area <= upper < area + 10 ** -decimals  # raised to the drawn area, rounded outwards
     assert any(
-        "upper bound raised from" in text and f"to {upper:.0f} mm²" in text and notify
+        "upper bound raised from" in text and f"to {upper:.{decimals}f} mm²" in text and notify
         for text, _, notify in notified
     ), notified
     # the round trained with the widened bound (in pixels)

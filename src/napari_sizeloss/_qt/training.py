@@ -335,12 +335,12 @@ class TrainingMixin:
         new_upper = math.ceil(widened.upper * scale) / scale if widened.upper > upper else upper
         self.bounds_panel.set_bounds(new_lower, new_upper)
         new_lower, new_upper = self.bounds_panel.bounds()
-        shown = UNIT_TEXT[unit]
+        shown, d = UNIT_TEXT[unit], self.bounds_panel.upper_spin.decimals()  # as the spin boxes show them
         changes = []
         if new_upper > upper:
-            changes.append(f"upper bound raised from {upper:.0f} to {new_upper:.0f} {shown}")
+            changes.append(f"upper bound raised from {upper:.{d}f} to {new_upper:.{d}f} {shown}")
         if new_lower < lower:
-            changes.append(f"lower bound lowered from {lower:.0f} to {new_lower:.0f} {shown}")
+            changes.append(f"lower bound lowered from {lower:.{d}f} to {new_lower:.{d}f} {shown}")
         self._message(f"{' and '.join(changes)}: a corrected slice lies outside the bounds", "info")
 
     def clear_corrections(self) -> None:
