@@ -435,3 +435,11 @@ def test_a_correction_larger_than_the_upper_bound_raises_it(viewer, widget, qtbo
     wait_idle(qtbot, widget)
     assert widget.bounds_panel.bounds() == kept
     assert not any("bound" in text for text, _, _ in notified)
+
+    # contradictory bounds are not "widened" into something else: Train refuses them with its own line
+    widget.bounds_panel.set_bounds(2.0 * area, 0.5 * area)
+    before = widget.bounds_panel.bounds()
+    prediction.data[0, 3] = (np.asarray(gt.data[0, 3]) == 3).astype(np.uint8)
+    assert widget.use_corrections() is False
+    assert widget.bounds_panel.bounds() == before
+    assert "is above the upper bound" in widget.status.text()
