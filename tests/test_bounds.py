@@ -349,6 +349,17 @@ def test_widen_keeps_mm2_bounds_in_mm2():
     assert widened.lower == pytest.approx(300) and widened.upper == pytest.approx(1200)
 
 
+def test_widen_keeps_the_bound_it_does_not_move_exactly():
+    # 0.7 x 1.22 mm pixels: an mm2 -> px -> mm2 round trip changes 300.1 in its last bits
+    spacing = (0.7, 1.22)
+    bounds = SizeBounds(300.1, 900.0, "mm2")
+    assert bounds.to_pixels(spacing).to_mm2(spacing).lower != 300.1
+    widened = widen_to_admit(bounds, [2000], spacing=spacing)
+    assert widened.lower == 300.1 and widened.upper == pytest.approx(2000 * 0.7 * 1.22)
+    lowered = widen_to_admit(SizeBounds(300.1, 900.0, "mm2"), [50], spacing=spacing)
+    assert lowered.upper == 900.0 and lowered.lower == pytest.approx(50 * 0.7 * 1.22)
+
+
 @pytest.mark.parametrize(
     "call, message",
     [

@@ -481,8 +481,13 @@ def widen_to_admit(
     if areas.size == 0:
         return bounds
     px = bounds.to_pixels(spacing)
-    lower = min(px.lower, float(areas.min()))
-    upper = max(px.upper, float(areas.max()))
-    if lower == px.lower and upper == px.upper:
+    smallest, largest = float(areas.min()), float(areas.max())
+    if smallest >= px.lower and largest <= px.upper:
         return bounds
-    return SizeBounds(lower, upper, "px").to_unit(bounds.unit, spacing)
+    # a bound that does not move keeps its exact value: no unit round trip
+    moved = SizeBounds(min(px.lower, smallest), max(px.upper, largest), "px").to_unit(bounds.unit, spacing)
+    return SizeBounds(
+        moved.lower if smallest < px.lower else bounds.lower,
+        moved.upper if largest > px.upper else bounds.upper,
+        bounds.unit,
+    )
