@@ -198,7 +198,7 @@ def test_slice_states_flag_violations():
     assert states[2, 0] == CHECK  # a small blob on an untagged slice
     assert states[2, 1] == CORRECTED
     # the tooltips say which way the bound is crossed, and that the bound may be what is wrong
-    texts = {zt: state_text(int(states[zt]), sizes[zt], lo[zt], hi[zt], bool(absent[zt])) for zt in np.ndindex(3, 2)}
+    texts = {zt: state_text(int(states[zt]), sizes[zt], hi[zt], bool(absent[zt])) for zt in np.ndindex(3, 2)}
     assert texts[0, 0].startswith("smaller than the lower bound") and "lower the bound" in texts[0, 0]
     assert texts[0, 1].startswith("larger than the upper bound") and "raise the upper bound" in texts[0, 1]
     assert texts[1, 0].startswith("predicted on a slice tagged absent")

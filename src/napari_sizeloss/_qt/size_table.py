@@ -95,7 +95,7 @@ def classify_slices(
     return state
 
 
-def state_text(state: int, size: float, lower: float, upper: float, absent: bool, tolerance: float = 0.5) -> str:
+def state_text(state: int, size: float, upper: float, absent: bool) -> str:
     """What a cell's state means and what the user can do about it (the cell's tooltip).
 
     A red cell can mean that the prediction is wrong *or* that the bound is:
@@ -106,7 +106,7 @@ def state_text(state: int, size: float, lower: float, upper: float, absent: bool
         return STATE_TEXT[state]
     if absent:
         return "predicted on a slice tagged absent: train on or erase it; unmark the tag if the target is there"
-    if size > upper + tolerance:
+    if size > upper:  # a violation on a slice not tagged absent is above the upper bound or below the lower
         return ("larger than the upper bound: erase the excess, or raise the upper bound "
                 "if the target really is this large here")
     return ("smaller than the lower bound: paint the missing part, or lower the bound "
@@ -216,7 +216,7 @@ class SizeTable(QWidget):
                 item.setToolTip(
                     f"z={z}, t={t}: {size_text}; bounds [{lower[z, t]:.0f}, {hi}] {unit_text}; "
                     + state_text(int(states[z, t]), 0.0 if sizes is None else float(sizes[z, t]),
-                                 float(lower[z, t]), float(upper[z, t]), bool(absent[z, t]))
+                                 float(upper[z, t]), bool(absent[z, t]))
                 )
         self.states = states
         if sizes is None:
