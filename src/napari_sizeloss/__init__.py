@@ -21,6 +21,7 @@ _PUBLIC = {
     "BoundsError": "bounds",
     "bounds_from_annotation": "bounds",
     "widen_to_admit": "bounds",
+    "keep_connected": "connectivity",
     "dice_2d": "metrics",
     "dice_3d": "metrics",
     "erosion_weak_labels": "weak_labels",
