@@ -64,13 +64,30 @@ def test_train_then_predict(phantom_files, capsys):
     assert code == 0
     err = capsys.readouterr().err
     assert "step 1/4" in err and "done: 4 steps" in err
-    assert main(["predict", str(image), "--model", str(model), "--out", str(pred2), "--device", "cpu"]) == 0
+    # --seeds: the regions connected to a target dot, as train --pred writes them
+    assert main(["predict", str(image), "--model", str(model), "--out", str(pred2), "--device", "cpu",
+                 "--seeds", str(seeds)]) == 0
     a, b, src = nib.load(pred), nib.load(pred2), nib.load(image)
     assert a.shape == b.shape == src.shape
     np.testing.assert_array_equal(a.affine, src.affine)
     assert int(a.header["sform_code"]) == int(src.header["sform_code"])
     assert set(np.unique(np.asarray(a.dataobj))) <= {0, 1}
     np.testing.assert_array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
+    # without seeds: every region the network predicts, a superset
+    pred3 = d / "pred3.nii.gz"
+    assert main(["predict", str(image), "--model", str(model), "--out", str(pred3), "--device", "cpu"]) == 0
+    every = np.asarray(nib.load(pred3).dataobj) > 0
+    kept = np.asarray(a.dataobj) > 0
+    assert (every | kept).sum() == every.sum()
+    # seeds without a target dot anchor nothing: refused in one line, nothing written
+    no_dots = d / "no_dots.nii.gz"
+    src_seeds = nib.load(seeds)
+    nib.save(nib.Nifti1Image(np.zeros(src_seeds.shape, np.uint8), src_seeds.affine), no_dots)
+    pred4 = d / "pred4.nii.gz"
+    capsys.readouterr()
+    assert main(["predict", str(image), "--model", str(model), "--out", str(pred4), "--device", "cpu",
+                 "--seeds", str(no_dots)]) == 2
+    assert "no target dot" in capsys.readouterr().err and not pred4.exists()
 
 
 def test_ema_decay_chooses_the_weights_saved(phantom_files, tmp_path):

@@ -335,3 +335,45 @@ def test_without_averaging_predictions_use_the_last_weights():
     for bad in (0, 1, float("nan")):
         with pytest.raises(ValueError, match="ema_decay"):
             TrainConfig(ema_decay=bad)
+
+
+def _two_blob_probabilities(shape):
+    """Probabilities with the disc under the dots (centre 24, 20) and a second blob in a corner."""
+    X, Y, Z, T = shape
+    probs = np.zeros(shape, np.float32)
+    probs[20:29, 16:25] = 0.9  # around the dots, every slice and frame
+    probs[2:6, 2:6, 1, 1] = 0.8  # a separate blob, one slice-frame
+    return probs
+
+
+def test_masks_keep_the_regions_connected_to_dots_and_probabilities_stay_the_networks(monkeypatch):
+    image, seeds, _ = disc_volume()
+    session = TrainingSession(image, seeds, SizeBounds(20, 300), config=small_config())
+    probs = _two_blob_probabilities(image.shape)
+    monkeypatch.setattr(session, "_predict_probs", lambda image4: probs)
+    assert session.config.keep_connected  # the interactive default
+    mask = session.predict()
+    assert mask.sum() == 81 * 6 and not mask[2:6, 2:6].any()
+    assert session.predict(keep_connected=False).sum() == 81 * 6 + 16  # every region
+    assert session.predicted_sizes()[1, 1] == 81
+    assert (session.probabilities() > 0.5).sum() == 81 * 6 + 16  # the network's own, unfiltered
+
+
+def test_a_corrected_target_pixel_anchors_its_region_as_a_dot_does(monkeypatch):
+    image, seeds, _ = disc_volume()
+    corrections = np.zeros(image.shape, np.uint8)
+    corrections[3, 3, 1, 1] = 1  # the user painted the corner blob as target on slice 1 of frame 1
+    corrected = np.zeros((3, 2), bool)
+    corrected[1, 1] = True
+    session = TrainingSession(image, seeds, SizeBounds(1, 300), corrections=corrections, corrected=corrected,
+                              config=small_config())
+    monkeypatch.setattr(session, "_predict_probs", lambda image4: _two_blob_probabilities(image.shape))
+    assert session.predict().sum() == 81 * 6 + 16
+    # painted on a slice that is *not* marked corrected, the pixel anchors nothing
+    session.update(corrected=np.zeros((3, 2), bool))
+    assert session.predict().sum() == 81 * 6
+
+
+def test_the_papers_protocol_keeps_every_region():
+    assert TrainConfig.paper().keep_connected is False
+    assert TrainConfig.interactive().keep_connected is True

@@ -249,6 +249,8 @@ def cmd_train(args) -> int:
         size_weight=args.size_weight, penalty=args.penalty, device=args.device, seed=args.seed,
         threads=args.threads, preview_every=0, compile=args.compile,
     )
+    if args.all_regions:
+        cfg_kwargs["keep_connected"] = False
     if args.minutes is not None:
         cfg_kwargs.update(steps=None, minutes=args.minutes)
     else:
@@ -283,13 +285,22 @@ def cmd_train(args) -> int:
 def cmd_predict(args) -> int:
     from .nifti import load_nifti, save_mask
     from .trainer import Predictor
+    from .weak_labels import SEED_TARGET
 
-    out = _check_output(args.out, inputs=[args.image, args.model], suffixes=(".nii", ".nii.gz"), what="mask")
+    inputs = [args.image, args.model] + ([args.seeds] if args.seeds else [])
+    out = _check_output(args.out, inputs=inputs, suffixes=(".nii", ".nii.gz"), what="mask")
     predictor = Predictor.from_checkpoint(args.model, device=args.device)
-    image = load_nifti(args.image)
-    mask = predictor.predict(image.data)
+    if args.seeds:
+        image, seeds = _load_image_and_seeds(args.image, args.seeds)
+    else:
+        image, seeds = load_nifti(args.image), None
+    anchors = None if seeds is None else seeds == SEED_TARGET
+    if anchors is not None and not anchors.any():
+        raise CLIError(f"seeds {args.seeds} hold no target dot (code 1) to keep regions connected to")
+    mask = predictor.predict(image.data, anchors=anchors)
     save_mask(out, mask, image)
-    print(f"wrote {out}: {int(mask.sum())} voxels in the target")
+    kept = "" if anchors is None else " (regions connected to a target dot)"
+    print(f"wrote {out}: {int(mask.sum())} voxels in the target{kept}")
     return 0
 
 
@@ -374,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", metavar="CKPT", help="start from this checkpoint's weights")
     p.add_argument("--model", required=True, metavar="OUT.ckpt")
     p.add_argument("--pred", metavar="PRED.nii.gz", help="also write the predicted mask")
+    p.add_argument("--all-regions", action="store_true",
+                   help="--pred keeps every region the network predicts, also those no target dot touches "
+                        "(default: only regions connected to a target dot; --paper keeps every region)")
     p.add_argument("--lr", type=float)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--crop", type=int, help="smallest side (px) of the region around the dots; 0: whole slices")
@@ -394,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", metavar="IMAGE.nii.gz")
     p.add_argument("--model", required=True, metavar="CKPT")
     p.add_argument("--out", required=True, metavar="MASK.nii.gz")
+    p.add_argument("--seeds", metavar="SEEDS.nii.gz",
+                   help="keep only the predicted regions connected to a target dot (code 1) of these seeds "
+                        "(default: every region)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
 

@@ -69,6 +69,12 @@ class TrainConfig:
     seed : seeds the sampler, the augmentation and the network's initialisation.
     preview_every : steps between live previews of the requested slice.
     validate_every : steps between validation Dice figures when ground truth is given.
+    keep_connected : masks (:meth:`TrainingSession.predict`, the widget's
+        prediction layer, ``train --pred``) keep only the predicted regions
+        connected to a target dot or a corrected target pixel
+        (:func:`~napari_sizeloss.connectivity.keep_connected`); probabilities
+        stay the network's own. False (and the paper's protocol) keeps every
+        region the network predicts.
     """
 
     steps: int | None = 300
@@ -96,6 +102,7 @@ class TrainConfig:
     seed: int = 0
     preview_every: int = 10
     validate_every: int | None = None
+    keep_connected: bool = True
 
     def __post_init__(self) -> None:
         if self.penalty not in PENALTIES:
@@ -135,9 +142,9 @@ class TrainConfig:
     def paper(cls, **overrides) -> "TrainConfig":
         """The paper's protocol: Adam, lr 5e-3 halved after 100 epochs,
         size weight 1e-2, batch 1, whole slices, predictions from the last
-        step's weights."""
+        step's weights, every region the network predicts kept."""
         base = dict(lr=5e-3, lr_halve_every=100, lr_decay=None, resume_lr_factor=1.0, ema_decay=None, size_weight=1e-2,
-                    batch_size=1, crop=None)
+                    batch_size=1, crop=None, keep_connected=False)
         base.update(overrides)
         return cls(**base)
 

@@ -46,6 +46,7 @@ from .averaging import WeightAverage
 from .bounds import SizeBounds, slice_bounds
 from .checkpoint import Checkpoint, build_model, load_checkpoint, save_checkpoint
 from .config import PENALTIES, TrainConfig  # noqa: F401  (PENALTIES: re-exported)
+from .connectivity import keep_connected as keep_connected_to
 from .data import (
     Box,
     as_4d,
@@ -617,9 +618,23 @@ class TrainingSession:
         """Target probability, float32 in the image's shape."""
         return from_4d(self._predict_probs(self._image), self._ndim)
 
-    def predict(self) -> np.ndarray:
-        """Binary mask (uint8 0/1) in the image's shape."""
-        return (self.probabilities() > 0.5).astype(np.uint8)
+    def predict(self, keep_connected: bool | None = None) -> np.ndarray:
+        """Binary mask (uint8 0/1) in the image's shape.
+
+        ``keep_connected`` (None: ``config.keep_connected``, on by default)
+        keeps only the regions connected to a target dot or a corrected
+        target pixel (:meth:`anchors`; see
+        :func:`~napari_sizeloss.connectivity.keep_connected`). About 40 ms
+        for a 192x168x10x20 cine.
+        """
+        mask = self._predict_probs(self._image) > 0.5
+        if self.config.keep_connected if keep_connected is None else keep_connected:
+            mask = keep_connected_to(mask, self.anchors())
+        return from_4d(mask.astype(np.uint8), self._ndim)
+
+    def anchors(self) -> np.ndarray:
+        """Where the user said "target", bool (X, Y, Z, T): target dots and corrected target pixels."""
+        return (self._seeds == SEED_TARGET) | (self._corrections & self._corrected[None, None])
 
     def predicted_sizes(self, mask: np.ndarray | None = None) -> np.ndarray:
         """Predicted target area per slice, (Z, T) float, pixels."""
@@ -634,8 +649,7 @@ class TrainingSession:
         """Mean 3D Dice over frames against the ground truth given at start."""
         if self._ground_truth is None:
             return None
-        pred = self._predict_probs(self._image) > 0.5
-        return float(np.mean(dice_3d(pred, self._ground_truth)))
+        return float(np.mean(dice_3d(as_4d(self.predict()) > 0, self._ground_truth)))
 
     # ------------------------------------------------------------ storage
     def save(self, path) -> Path:
@@ -881,9 +895,20 @@ class Predictor:
             self._compiled = compiled_predictor(self.model)
         return self._compiled
 
-    def predict(self, image: np.ndarray, box: Box | str | None = "auto") -> np.ndarray:
-        """Binary mask, uint8 0/1, ``image``'s shape."""
-        return (self.probabilities(image, box) > self.threshold).astype(np.uint8)
+    def predict(
+        self, image: np.ndarray, box: Box | str | None = "auto", anchors: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Binary mask, uint8 0/1, ``image``'s shape.
+
+        ``anchors`` (bool, ``image``'s shape; e.g. the target dots of a seeds
+        volume): keep only the predicted regions connected to one
+        (:func:`~napari_sizeloss.connectivity.keep_connected`); None keeps
+        every region.
+        """
+        mask = self.probabilities(image, box) > self.threshold
+        if anchors is not None:
+            mask = keep_connected_to(mask, anchors)
+        return mask.astype(np.uint8)
 
     def iter_probabilities(
         self,

@@ -443,3 +443,36 @@ def test_a_correction_larger_than_the_upper_bound_raises_it(viewer, widget, qtbo
     assert widget.use_corrections() is False
     assert widget.bounds_panel.bounds() == before
     assert "is above the upper bound" in widget.status.text()
+
+
+def test_keep_checkbox_drops_regions_no_dot_touches_from_the_prediction_layer(viewer, widget, qtbot, monkeypatch):
+    gt = viewer.layers["cine phantom ground truth"]
+    configure(widget, steps=2)
+    assert widget.settings.keep_connected.isChecked()  # on by default
+    add_dots(viewer, widget, gt)
+    set_bounds_from_truth(widget, gt)
+    widget.train()
+    wait_idle(qtbot, widget)
+    session = widget.session
+    assert session.config.keep_connected
+    # a network output with the region under the dots and a blob that no dot touches, in a corner
+    anchors = session.anchors()
+    x, y = (int(v) for v in np.argwhere(anchors)[0][:2])
+    probs = np.zeros(anchors.shape, np.float32)
+    probs[x - 2 : x + 3, y - 2 : y + 3] = 0.9
+    probs[-4:, -4:, 0, 0] = 0.9
+    monkeypatch.setattr(session, "_predict_probs", lambda image4: probs)
+
+    def shown():
+        return np.asarray(viewer.layers["cine phantom prediction"].data).T > 0  # (X, Y, Z, T)
+
+    assert widget.predict()
+    wait_idle(qtbot, widget)
+    kept = probs > 0.5
+    kept[-4:, -4:, 0, 0] = False
+    np.testing.assert_array_equal(shown(), kept)
+    widget.settings.keep_connected.setChecked(False)
+    assert widget.predict()
+    wait_idle(qtbot, widget)
+    np.testing.assert_array_equal(shown(), probs > 0.5)
+    assert widget.settings.overrides()["keep_connected"] is False  # the next round's setting too

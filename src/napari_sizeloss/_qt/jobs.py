@@ -221,9 +221,13 @@ def training_job(request: TrainRequest, session=None) -> Iterator[Any]:
     yield session_prediction(session)
 
 
-def session_prediction(session) -> VolumePrediction:
-    """The session's whole-volume prediction with its per-slice bounds."""
-    mask = np.asarray(session.predict(), dtype=np.uint8)
+def session_prediction(session, keep_connected: bool | None = None) -> VolumePrediction:
+    """The session's whole-volume prediction with its per-slice bounds.
+
+    ``keep_connected``: as :meth:`~napari_sizeloss.trainer.TrainingSession.predict`
+    (None: the session's setting).
+    """
+    mask = np.asarray(session.predict(keep_connected=keep_connected), dtype=np.uint8)
     mask4 = mask.reshape(mask.shape + (1,) * (4 - mask.ndim))
     lower, upper = session.slice_bounds_px()
     return VolumePrediction(
@@ -240,6 +244,8 @@ def predict_job(
     checkpoint: str | None = None,
     same_image: bool = False,
     preview: tuple[int, int] | None = None,
+    anchors: np.ndarray | None = None,
+    keep_connected: bool = True,
 ) -> Iterator[PredictionProgress]:
     """Predict a whole ``(X, Y, Z, T)`` volume; a generator, run in a thread worker.
 
@@ -255,13 +261,19 @@ def predict_job(
         After each chunk of slices; the first carries the mask of slice
         ``preview`` (the one on screen), predicted alone before the others.
 
+    With ``keep_connected``, the volume keeps only the regions connected to
+    an anchor (:func:`~napari_sizeloss.connectivity.keep_connected`): the
+    session's own dots and corrections when ``same_image``, else ``anchors``
+    (bool ``image``'s shape: the target dots shown; None keeps every region).
+    The preview slice is shown before that filter.
+
     Returns
     -------
     VolumePrediction
         The whole volume (the worker's ``returned`` value).
     """
     if session is not None and same_image:
-        return session_prediction(session)
+        return session_prediction(session, keep_connected=keep_connected)
     from ..gc_scope import collect_new_objects_only
 
     with collect_new_objects_only():  # maybe the process's first torch import and network (see training_job)
@@ -283,6 +295,10 @@ def predict_job(
             yield PredictionProgress(done, total, z=z, t=t, mask=mask[:, :, z, t].copy())
         else:
             yield PredictionProgress(done, total)
+    if keep_connected and anchors is not None:
+        from ..connectivity import keep_connected as keep_connected_to
+
+        mask = np.asfortranarray(keep_connected_to(mask, anchors), dtype=np.uint8)
     return VolumePrediction(mask=mask, sizes_px=mask.sum(axis=(0, 1)).astype(np.float64))
 
 

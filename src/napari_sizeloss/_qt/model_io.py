@@ -23,6 +23,20 @@ class ModelIOMixin:
     """Predict, Save model, Load model and Export masks."""
 
     # ============================================================ predict
+    def _anchors(self) -> np.ndarray | None:
+        """bool ``(X, Y, Z, T)``: the target dots and corrected target pixels shown; None when there are none."""
+        from ..weak_labels import SEED_TARGET
+        from .supervision import unpack_corrections
+
+        try:
+            anchors = self.seeds_array() == SEED_TARGET
+        except ValueError:  # no dots (a loaded model on a fresh image): keep every region
+            return None
+        sup = self.supervision
+        if sup is not None and sup.corrected.any():
+            anchors |= unpack_corrections(sup.packed_corrections(), sup.corrected) > 0
+        return anchors
+
     def predict(self) -> bool:
         """Segment the chosen image with the current model (trained here or loaded)."""
         if self.worker is not None:
@@ -38,12 +52,15 @@ class ModelIOMixin:
 
         image = self.geometry.to_core(np.asarray(self.image_layer.data))
         same = self.session is not None and self.session_image == self.geometry.name
+        keep = self.settings.keep_connected.isChecked()
         job = predict_job(
             image,
             session=self.session,
             checkpoint=None if self.session is not None else self.checkpoint_path,
             same_image=same,
             preview=self.current_slice(),
+            anchors=self._anchors() if keep and not same else None,
+            keep_connected=keep,
         )
         # the job's body runs on the one compute thread (see napari_sizeloss.compute_thread)
         worker = create_worker(run_generator, job, _start_thread=False, _ignore_errors=True)

@@ -110,6 +110,16 @@ class AdvancedSettings(QCollapsible):
         )
         form.addRow("Compile", self.compile)
 
+        self.keep_connected = QCheckBox("only regions connected to target dots")
+        self.keep_connected.setChecked(True)
+        self.keep_connected.setToolTip(
+            "The prediction layer keeps only the predicted regions that a target dot or a corrected target "
+            "pixel touches, through neighbouring slices and frames; a second bright structure beside the "
+            "target (the aorta beside the left ventricle, say) is dropped. Unchecked: every region the "
+            "network predicts."
+        )
+        form.addRow("Keep", self.keep_connected)
+
         self.dot_radius = QSpinBox()
         self.dot_radius.setRange(0, 10)
         self.dot_radius.setValue(1)
@@ -183,7 +193,7 @@ class AdvancedSettings(QCollapsible):
     def overrides(self) -> dict[str, Any]:
         """``TrainConfig`` keyword arguments set here (empty until the panel was loaded)."""
         if not self._loaded:
-            return {}
+            return {} if self.keep_connected.isChecked() else {"keep_connected": False}
         by_steps = self.budget_kind.currentText() == "steps"
         return {
             "steps": int(self.steps.value()) if by_steps else None,
@@ -198,6 +208,7 @@ class AdvancedSettings(QCollapsible):
             "preview_every": int(self.preview_every.value()),
             "compile": bool(self.compile.isChecked()),
             "compile_ahead": True,  # compile in a child process: the window stays responsive
+            "keep_connected": bool(self.keep_connected.isChecked()),
         }
 
     def _on_toggled(self, expanded: bool) -> None:
