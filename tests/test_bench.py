@@ -163,7 +163,8 @@ def test_quality_over_demo_cases_reuses_the_first_and_reports_the_range(capsys):
 
     first = {"time_to_dice_085_s": None, "time_to_dice_085_held_s": None, "dice_at_60s": 0.5,
              "dice_after_first_round": 0.5, "dice_after_corrections": 0.25, "first_round_s": 1.0,
-             "bounds_px": [100.0, 848.0], "bounds_px_after_corrections": [100.0, 1050.0]}
+             "bounds_px": [100.0, 848.0], "bounds_px_after_corrections": [100.0, 1050.0],
+             "network_dice_after_first_round": 0.4, "network_dice_after_corrections": 0.2}
     rows = quality_by_case("cpu", [0, 1], first=first, steps=2, correction_steps=2, threads=1)
     assert [r["seed"] for r in rows] == [0, 1]
     assert rows[0] == {"seed": 0, **first}  # seed 0's session is the bench's own: not run again
@@ -173,6 +174,9 @@ def test_quality_over_demo_cases_reuses_the_first_and_reports_the_range(capsys):
     assert f"3D Dice within 60 s: {low}-{high}" in out and "over 2 seeds" in out
     assert f"over 2 seeds, {sum(v >= 0.85 for v in (low, high))} at 0.85 or more" in out
     assert "seed 0: Dice 0.85 not reached, 0.5 within 60 s, 0.25 after corrections (upper bound 848 -> 1050 px)" in out
+    # the same sessions scored on every region the network predicts, beside the connected regions
+    low_n, high_n = sorted([0.4, rows[1]["network_dice_after_first_round"]])
+    assert f"every region the network predicts, at the first round's end: {low_n}-{high_n}" in out
 
 
 def test_bench_refuses_a_case_count_below_one(capsys):
