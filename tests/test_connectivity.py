@@ -79,3 +79,20 @@ def test_no_anchor_on_the_prediction_keeps_it_whole():
 def test_mismatched_shapes_are_refused():
     with pytest.raises(ValueError, match="does not match"):
         keep_connected(np.zeros((4, 4, 2)), np.zeros((4, 4, 3)))
+
+
+def test_anchors_are_target_dots_and_corrected_pixels_of_corrected_slices_only():
+    from napari_sizeloss.connectivity import anchors_from
+
+    seeds = np.zeros((6, 5, 2, 2), np.uint8)
+    seeds[1, 1, 0, 0] = 1  # target dot
+    seeds[2, 2, 0, 0] = 2  # background dot: not an anchor
+    corrections = np.zeros(seeds.shape, np.uint8)
+    corrections[3, 3, 1, 1] = 1  # painted on a corrected slice
+    corrections[4, 4, 1, 0] = 1  # painted on a slice not marked corrected
+    corrected = np.zeros((2, 2), bool)
+    corrected[1, 1] = True
+    expected = np.zeros(seeds.shape, bool)
+    expected[1, 1, 0, 0] = expected[3, 3, 1, 1] = True
+    np.testing.assert_array_equal(anchors_from(seeds, corrections, corrected), expected)
+    np.testing.assert_array_equal(anchors_from(seeds), seeds == 1)

@@ -235,7 +235,7 @@ def held_from(curve: list, level: float):
 
 def time_to_quality(device, *, steps=None, correction_steps=100, steps_between=25, seed=0,
                     threads=None, deadline_s=60.0, tags: str = "none", fixed_bounds: bool = False,
-                    **config_overrides) -> dict:
+                    all_regions: bool = False, **config_overrides) -> dict:
     """The interactive session on the demo case, timed as a user lives it.
 
     Press Train with the interactive defaults (``steps`` overrides the
@@ -251,10 +251,10 @@ def time_to_quality(device, *, steps=None, correction_steps=100, steps_between=2
     widens the bounds to admit every corrected slice's area
     (:func:`~napari_sizeloss.bounds.widen_to_admit`); ``fixed_bounds`` keeps
     them as they were (the behaviour before 2026-12-02).
-    ``config_overrides`` go to :meth:`TrainConfig.interactive` (e.g.
-    ``keep_connected=False``: the user sees, corrects and is scored on every
-    region the network predicts). ``network_dice_*`` score every region
-    whatever the setting.
+    ``all_regions`` (``keep_connected=False``): the user sees, corrects and is
+    scored on every region the network predicts, not only those connected
+    to a target dot; ``network_dice_*`` score every region either way.
+    ``config_overrides`` go to :meth:`TrainConfig.interactive` (e.g. ``ema_decay=None``).
     """
     import resource
 
@@ -266,6 +266,8 @@ def time_to_quality(device, *, steps=None, correction_steps=100, steps_between=2
     absent = absent_tags(case.target, tags, case.clicked_frames)
     if steps is not None:
         config_overrides["steps"] = steps
+    if all_regions:
+        config_overrides["keep_connected"] = False
     config = TrainConfig.interactive(device=str(device), seed=seed, preview_every=0, threads=threads,
                                      **config_overrides)
     session = TrainingSession(case.image, case.seeds, case.bounds, spacing=case.phantom.spacing, config=config,
@@ -446,9 +448,8 @@ def run_bench(args) -> int:
         results.update(compiled_figures(device, quick=quick, reps=reps, fast=fast, gflop=gflop))
 
     tags = args.tags
-    extra = {"keep_connected": False} if args.all_regions else {}
     q = time_to_quality(device, steps=60 if quick else None, correction_steps=20 if quick else 100,
-                        threads=args.threads, tags=tags, fixed_bounds=args.fixed_bounds, **extra)
+                        threads=args.threads, tags=tags, fixed_bounds=args.fixed_bounds, all_regions=args.all_regions)
     results.update(q)
     t85, held = q["time_to_dice_085_s"], q["time_to_dice_085_held_s"]
     tagged = "" if tags == "none" else f", {q['absent_tags']} slice-frames tagged absent ({tags})"
@@ -519,7 +520,6 @@ def quality_by_case(device, seeds, *, first: dict | None = None, steps=None, cor
     keys = ("time_to_dice_085_s", "time_to_dice_085_held_s", "dice_at_60s", "dice_after_first_round",
             "dice_after_corrections", "network_dice_after_first_round", "network_dice_after_corrections",
             "first_round_s", "bounds_px", "bounds_px_after_corrections")
-    extra = {"keep_connected": False} if all_regions else {}
     rows = []
     print("the same session on other demo cases (phantom, dots and training seed):", flush=True)
     for seed in seeds:
@@ -527,7 +527,7 @@ def quality_by_case(device, seeds, *, first: dict | None = None, steps=None, cor
             q = first
         else:
             q = time_to_quality(device, steps=steps, correction_steps=correction_steps, seed=seed, threads=threads,
-                                tags=tags, fixed_bounds=fixed_bounds, **extra)
+                                tags=tags, fixed_bounds=fixed_bounds, all_regions=all_regions)
         row = {"seed": int(seed), **{k: q[k] for k in keys}}
         rows.append(row)
         t85, held = row["time_to_dice_085_s"], row["time_to_dice_085_held_s"]

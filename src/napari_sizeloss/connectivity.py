@@ -23,7 +23,22 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["connectivity_structure", "keep_connected", "split_by_anchors"]
+__all__ = ["anchors_from", "connectivity_structure", "keep_connected", "split_by_anchors"]
+
+
+def anchors_from(seeds: np.ndarray, corrections: np.ndarray | None = None,
+                 corrected: np.ndarray | None = None) -> np.ndarray:
+    """Where the user said "target", bool (X, Y, Z, T): target dots and corrected target pixels.
+
+    ``seeds`` uint8 (X, Y, Z, T) seed codes; ``corrections`` (X, Y, Z, T),
+    non-zero target, counts only on the slices ``corrected`` (bool (Z, T)) marks.
+    """
+    from .weak_labels import SEED_TARGET
+
+    anchors = np.asarray(seeds) == SEED_TARGET
+    if corrections is not None and corrected is not None:
+        anchors |= (np.asarray(corrections) > 0) & np.asarray(corrected, dtype=bool)[None, None]
+    return anchors
 
 
 def connectivity_structure(ndim: int) -> np.ndarray:

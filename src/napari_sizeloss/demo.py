@@ -125,6 +125,7 @@ def run_case(case: DemoCase, *, size_weight: float, steps: int, device: str = "a
     scores every region the network predicts. ``absent``: bool ``(Z, T)``
     slice-frames tagged target-absent (None: none).
     """
+    from .connectivity import keep_connected
     from .metrics import dice_3d
     from .trainer import TrainConfig, train
 
@@ -137,9 +138,10 @@ def run_case(case: DemoCase, *, size_weight: float, steps: int, device: str = "a
         absent=absent,
     )
     seconds = time.perf_counter() - start
-    mask = session.predict()
+    network_mask = session.predict(keep_connected=False)  # one prediction, scored with and without the filter
+    mask = keep_connected(network_mask, session.anchors()).astype(np.uint8)
     dice = float(np.mean(dice_3d(mask, case.target)))
-    network_dice = float(np.mean(dice_3d(session.predict(keep_connected=False), case.target)))
+    network_dice = float(np.mean(dice_3d(network_mask, case.target)))
     return session, mask, dice, seconds, network_dice
 
 

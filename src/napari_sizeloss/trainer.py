@@ -46,6 +46,7 @@ from .averaging import WeightAverage
 from .bounds import SizeBounds, slice_bounds
 from .checkpoint import Checkpoint, build_model, load_checkpoint, save_checkpoint
 from .config import PENALTIES, TrainConfig  # noqa: F401  (PENALTIES: re-exported)
+from .connectivity import anchors_from
 from .connectivity import keep_connected as keep_connected_to
 from .data import (
     Box,
@@ -634,7 +635,7 @@ class TrainingSession:
 
     def anchors(self) -> np.ndarray:
         """Where the user said "target", bool (X, Y, Z, T): target dots and corrected target pixels."""
-        return (self._seeds == SEED_TARGET) | (self._corrections & self._corrected[None, None])
+        return anchors_from(self._seeds, self._corrections, self._corrected)
 
     def predicted_sizes(self, mask: np.ndarray | None = None) -> np.ndarray:
         """Predicted target area per slice, (Z, T) float, pixels."""

@@ -298,7 +298,7 @@ def predict_job(
     if keep_connected and anchors is not None:
         from ..connectivity import keep_connected as keep_connected_to
 
-        mask = np.asfortranarray(keep_connected_to(mask, anchors), dtype=np.uint8)
+        mask = keep_connected_to(mask, anchors).astype(np.uint8)  # VolumePrediction lays it out in Fortran order
     return VolumePrediction(mask=mask, sizes_px=mask.sum(axis=(0, 1)).astype(np.float64))
 
 

@@ -25,17 +25,14 @@ class ModelIOMixin:
     # ============================================================ predict
     def _anchors(self) -> np.ndarray | None:
         """bool ``(X, Y, Z, T)``: the target dots and corrected target pixels shown; None when there are none."""
-        from ..weak_labels import SEED_TARGET
-        from .supervision import unpack_corrections
+        from ..connectivity import anchors_from
 
         try:
-            anchors = self.seeds_array() == SEED_TARGET
+            seeds = self.seeds_array()
         except ValueError:  # no dots (a loaded model on a fresh image): keep every region
             return None
         sup = self.supervision
-        if sup is not None and sup.corrected.any():
-            anchors |= unpack_corrections(sup.packed_corrections(), sup.corrected) > 0
-        return anchors
+        return anchors_from(seeds, sup.corrections, sup.corrected) if sup is not None else anchors_from(seeds)
 
     def predict(self) -> bool:
         """Segment the chosen image with the current model (trained here or loaded)."""
