@@ -357,6 +357,11 @@ def test_masks_keep_the_regions_connected_to_dots_and_probabilities_stay_the_net
     assert session.predict(keep_connected=False).sum() == 81 * 6 + 16  # every region
     assert session.predicted_sizes()[1, 1] == 81
     assert (session.probabilities() > 0.5).sum() == 81 * 6 + 16  # the network's own, unfiltered
+    kept, left_out, n_left_out = session.predict_split()
+    np.testing.assert_array_equal(kept, mask)
+    assert n_left_out == 1 and left_out.sum() == 16 and left_out[2:6, 2:6, 1, 1].all()
+    kept, left_out, n_left_out = session.predict_split(keep_connected=False)
+    assert kept.sum() == 81 * 6 + 16 and n_left_out == 0 and not left_out.any()
 
 
 def test_a_corrected_target_pixel_anchors_its_region_as_a_dot_does(monkeypatch):

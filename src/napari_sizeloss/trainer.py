@@ -46,7 +46,7 @@ from .averaging import WeightAverage
 from .bounds import SizeBounds, slice_bounds
 from .checkpoint import Checkpoint, build_model, load_checkpoint, save_checkpoint
 from .config import PENALTIES, TrainConfig  # noqa: F401  (PENALTIES: re-exported)
-from .connectivity import anchors_from
+from .connectivity import anchors_from, split_by_anchors
 from .connectivity import keep_connected as keep_connected_to
 from .data import (
     Box,
@@ -628,10 +628,26 @@ class TrainingSession:
         :func:`~napari_sizeloss.connectivity.keep_connected`). About 40 ms
         for a 192x168x10x20 cine.
         """
-        mask = self._predict_probs(self._image) > 0.5
+        return self.predict_split(keep_connected)[0]
+
+    def predict_split(self, keep_connected: bool | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+        """:meth:`predict`'s mask, what its filter left out, and how many regions that was.
+
+        Returns
+        -------
+        mask : ndarray uint8 0/1, the image's shape
+            As :meth:`predict`.
+        left_out : ndarray bool, the image's shape
+            Predicted pixels of the regions no anchor touches (all False
+            when the filter is off or no anchor lies on the prediction).
+        n_left_out : int
+            Number of those regions (connected in 4D, as the filter links them).
+        """
+        predicted = self._predict_probs(self._image) > 0.5
+        left_out, n_left_out = np.zeros(predicted.shape, dtype=bool), 0
         if self.config.keep_connected if keep_connected is None else keep_connected:
-            mask = keep_connected_to(mask, self.anchors())
-        return from_4d(mask.astype(np.uint8), self._ndim)
+            predicted, left_out, n_left_out = split_by_anchors(predicted, self.anchors())
+        return from_4d(predicted.astype(np.uint8), self._ndim), from_4d(left_out, self._ndim), n_left_out
 
     def anchors(self) -> np.ndarray:
         """Where the user said "target", bool (X, Y, Z, T): target dots and corrected target pixels."""

@@ -471,8 +471,53 @@ def test_keep_checkbox_drops_regions_no_dot_touches_from_the_prediction_layer(vi
     kept = probs > 0.5
     kept[-4:, -4:, 0, 0] = False
     np.testing.assert_array_equal(shown(), kept)
+    assert "left out 1 predicted region (16 px) that no target dot touches" in widget.status.text()
     widget.settings.keep_connected.setChecked(False)
     assert widget.predict()
     wait_idle(qtbot, widget)
     np.testing.assert_array_equal(shown(), probs > 0.5)
+    assert "left out" not in widget.status.text()
     assert widget.settings.overrides()["keep_connected"] is False  # the next round's setting too
+
+
+def test_predict_job_with_a_loaded_model_reports_what_keep_left_out(monkeypatch):
+    """Predict with a loaded model: the volume keeps the regions the shown dots touch and counts the rest."""
+    import napari_sizeloss.trainer as trainer
+    from napari_sizeloss._qt.jobs import predict_job
+
+    shape = (20, 16, 3, 2)
+    probs = np.zeros(shape, np.float32)
+    probs[4:9, 4:9, :, :] = 0.9  # the target, through every slice and frame
+    probs[15:18, 12:15, 2, 1] = 0.8  # a blob on one slice-frame: 9 px
+    probs[15:17, 1:3, 0, 0] = 0.8  # another: 4 px
+
+    class FakePredictor:
+        threshold = 0.5
+
+        @classmethod
+        def from_checkpoint(cls, path, device):
+            return cls()
+
+        def iter_probabilities(self, image, first=None):
+            for z in range(shape[2]):
+                for t in range(shape[3]):
+                    yield np.array([[z, t]]), probs[:, :, z, t][..., None]
+
+    monkeypatch.setattr(trainer, "Predictor", FakePredictor)
+    anchors = np.zeros(shape, bool)
+    anchors[6, 6, 1, 0] = True  # one target dot
+
+    def run(**kwargs):
+        job = predict_job(np.zeros(shape, np.float32), checkpoint="model.ckpt", **kwargs)
+        while True:
+            try:
+                next(job)
+            except StopIteration as stop:
+                return stop.value
+
+    volume = run(anchors=anchors)
+    np.testing.assert_array_equal(volume.mask, probs[:, :, :, :] == 0.9)
+    assert (volume.left_out_regions, volume.left_out_px) == (2, 13)
+    assert volume.sizes_px[2, 1] == 25
+    volume = run(anchors=anchors, keep_connected=False)
+    assert (volume.left_out_regions, volume.left_out_px) == (0, 0) and volume.mask.sum() == 25 * 6 + 13

@@ -82,12 +82,19 @@ class VolumePrediction:
     lower_px, upper_px : ndarray float (Z, T) or None
         The per-slice bounds the last training round used (None for a
         prediction from a loaded model).
+    left_out_regions, left_out_px : int
+        Predicted regions that no target dot or corrected pixel touches, and
+        their pixels over the whole volume, left out of ``mask``
+        (:func:`~napari_sizeloss.connectivity.split_by_anchors`); 0 when
+        the filter is off.
     """
 
     mask: np.ndarray
     sizes_px: np.ndarray
     lower_px: np.ndarray | None = None
     upper_px: np.ndarray | None = None
+    left_out_regions: int = 0
+    left_out_px: int = 0
 
     def __post_init__(self) -> None:
         self.mask = np.asfortranarray(self.mask)
@@ -227,7 +234,8 @@ def session_prediction(session, keep_connected: bool | None = None) -> VolumePre
     ``keep_connected``: as :meth:`~napari_sizeloss.trainer.TrainingSession.predict`
     (None: the session's setting).
     """
-    mask = np.asarray(session.predict(keep_connected=keep_connected), dtype=np.uint8)
+    mask, left_out, n_left_out = session.predict_split(keep_connected=keep_connected)
+    mask = np.asarray(mask, dtype=np.uint8)
     mask4 = mask.reshape(mask.shape + (1,) * (4 - mask.ndim))
     lower, upper = session.slice_bounds_px()
     return VolumePrediction(
@@ -235,6 +243,8 @@ def session_prediction(session, keep_connected: bool | None = None) -> VolumePre
         sizes_px=mask4.sum(axis=(0, 1)).astype(np.float64),
         lower_px=np.asarray(lower, dtype=np.float64).reshape(mask4.shape[2:]),
         upper_px=np.asarray(upper, dtype=np.float64).reshape(mask4.shape[2:]),
+        left_out_regions=int(n_left_out),
+        left_out_px=int(np.count_nonzero(left_out)),
     )
 
 
@@ -295,11 +305,15 @@ def predict_job(
             yield PredictionProgress(done, total, z=z, t=t, mask=mask[:, :, z, t].copy())
         else:
             yield PredictionProgress(done, total)
+    n_left_out = px_left_out = 0
     if keep_connected and anchors is not None:
-        from ..connectivity import keep_connected as keep_connected_to
+        from ..connectivity import split_by_anchors
 
-        mask = keep_connected_to(mask, anchors).astype(np.uint8)  # VolumePrediction lays it out in Fortran order
-    return VolumePrediction(mask=mask, sizes_px=mask.sum(axis=(0, 1)).astype(np.float64))
+        kept, left_out, n_left_out = split_by_anchors(mask, anchors)
+        mask = kept.astype(np.uint8)  # VolumePrediction lays it out in Fortran order
+        px_left_out = int(np.count_nonzero(left_out))
+    return VolumePrediction(mask=mask, sizes_px=mask.sum(axis=(0, 1)).astype(np.float64),
+                            left_out_regions=int(n_left_out), left_out_px=px_left_out)
 
 
 def check_checkpoint(path: str) -> dict[str, Any]:

@@ -33,6 +33,11 @@ def format_seconds(seconds: float | None) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
+def left_out_note(regions: int, pixels: int) -> str:
+    """The status line's words for predicted regions the *Keep* filter left out of the layer."""
+    return (f"left out {regions} predicted region{'s' if regions != 1 else ''} ({pixels:,} px) that no target "
+            "dot touches (Advanced settings > Keep)")
+
 class TrainingMixin:
     """Train / Stop / Use corrections and the worker callbacks."""
 
@@ -120,6 +125,7 @@ class TrainingMixin:
     def _run(self, worker, job: str) -> None:
         self.worker = worker
         self.job = job
+        self._volume_notes = []  # what applying the job's volume found, said when the job ends
         from napari.qt.threading import GeneratorWorker
 
         if isinstance(worker, GeneratorWorker):
@@ -213,11 +219,14 @@ class TrainingMixin:
         kept = self.tracker.write_volume(prediction.mask, protected=self.supervision.corrected)
         self.tracker.show_corrections(self.supervision.corrections, self.supervision.corrected)
         edited = kept & ~self.supervision.corrected
+        notes = []
+        if prediction.left_out_regions:
+            notes.append(left_out_note(prediction.left_out_regions, prediction.left_out_px))
         if edited.any():
-            self._message(
-                f"kept your edits on {int(edited.sum())} slice(s); press Use corrections to train on them",
-                notify=False,
-            )
+            notes.append(f"kept your edits on {int(edited.sum())} slice(s); press Use corrections to train on them")
+        self._volume_notes = notes
+        if notes:
+            self._message("; ".join(notes), notify=False)
         self._refresh_views()
 
     def _on_worker_error(self, exc: BaseException) -> None:
@@ -242,15 +251,19 @@ class TrainingMixin:
                 self.progress.setFormat(self.progress.format().replace(" · predicting volume…", ""))
             self._update_model_info()
             if steps and not failed:
-                self._message(f"trained {steps} steps; edit the prediction and press Use corrections, or Export masks", "success", notify=False)
+                self._message("; ".join([f"trained {steps} steps", *self._volume_notes,
+                                         "edit the prediction and press Use corrections, or Export masks"]),
+                              "success", notify=False)
             elif not failed:
                 self._message("stopped before the first step: the network and its prediction are unchanged",
                               notify=False)
         elif job == "predict":
             self.progress.setFormat("prediction done" if not failed else "prediction failed")
             if not failed and self.geometry is not None:
-                self._message(f"predicted {self.geometry.name!r}; edit the prediction and Export masks, "
-                              "or add dots and Train to adapt the model to this image", "success", notify=False)
+                self._message("; ".join([f"predicted {self.geometry.name!r}", *self._volume_notes,
+                                         "edit the prediction and Export masks, "
+                                         "or add dots and Train to adapt the model to this image"]),
+                              "success", notify=False)
         self._update_buttons()  # back to the bar's idle range
         if job == "predict":
             self.progress.setValue(0 if failed else self.progress.maximum())

@@ -94,6 +94,7 @@ class SizeLossWidget(AnnotationMixin, TrainingMixin, ModelIOMixin, AutosaveMixin
         self._pending_work: tuple[Path, autosave.SavedWork] | None = None
         self._backed_up = False
         self._last_round: dict[str, Any] = {}
+        self._volume_notes: list[str] = []
         self.last_error: str | None = None
         self._job_failed = False
         self._build()
