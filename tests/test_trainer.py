@@ -379,6 +379,33 @@ def test_a_corrected_target_pixel_anchors_its_region_as_a_dot_does(monkeypatch):
     assert session.predict().sum() == 81 * 6
 
 
+def test_a_preview_keeps_the_regions_its_dots_or_the_last_volume_anchor(monkeypatch):
+    image, seeds, _ = disc_volume()  # target dots on every slice of frame 0
+    probs = np.zeros(image.shape, np.float32)
+    probs[20:29, 16:25] = 0.9  # the disc under the dots, every slice and frame
+    probs[2:6, 2:6, 1, :] = 0.8  # a blob beside it on slice 1 of both frames
+
+    def fake_probs(image4):
+        if image4.shape == image.shape:
+            return probs
+        (z, t) = session._preview_request
+        return probs[:, :, z : z + 1, t : t + 1]
+
+    def preview(z, t):
+        session.request_preview(z, t)
+        events = list(session.run())
+        return [e.preview.mask for e in events if e.preview is not None][-1]
+
+    session = TrainingSession(image, seeds, SizeBounds(20, 300), config=small_config(steps=1, preview_every=1))
+    monkeypatch.setattr(session, "_predict_probs", fake_probs)
+    assert preview(1, 0).sum() == 81  # a dotted slice: the blob is dropped
+    assert preview(1, 1).sum() == 81 + 16  # no dot, no volume predicted yet: shown whole
+    session.predict()  # the round's whole-volume mask, filtered in 4D
+    assert preview(1, 1).sum() == 81  # it now anchors the undotted slice
+    session.config.keep_connected = False
+    assert preview(1, 0).sum() == 81 + 16
+
+
 def test_the_papers_protocol_keeps_every_region():
     assert TrainConfig.paper().keep_connected is False
     assert TrainConfig.interactive().keep_connected is True

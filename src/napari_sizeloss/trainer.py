@@ -199,6 +199,7 @@ class TrainingSession:
         self._stop = threading.Event()
         self._preview_lock = threading.Lock()
         self._preview_request: tuple[int, int] | None = None
+        self._last_kept: np.ndarray | None = None  # bool (X, Y, Z, T): the last filtered whole-volume mask
         self._rng = np.random.default_rng(self.config.seed)
         self.total_steps_done = 0
         self.epoch = 0
@@ -601,7 +602,27 @@ class TrainingSession:
         if not (0 <= z < Z and 0 <= t < T):
             return None
         probs = self._predict_probs(self._image[:, :, z : z + 1, t : t + 1])
-        return Preview(z=z, t=t, mask=(probs[:, :, 0, 0] > 0.5).astype(np.uint8))
+        mask = probs[:, :, 0, 0] > 0.5
+        if self.config.keep_connected:
+            mask = keep_connected_to(mask, self._preview_anchors(z, t))
+        return Preview(z=z, t=t, mask=mask.astype(np.uint8))
+
+    def _preview_anchors(self, z: int, t: int) -> np.ndarray:
+        """What anchors a one-slice preview's regions, bool (X, Y).
+
+        A slice alone cannot follow the target through neighbouring slices
+        and frames as :meth:`predict` does. Its anchors are the dots and
+        corrected target pixels on it, and the pixels the last whole-volume
+        mask (already filtered) kept on it: a region that overlaps either is
+        shown; one that overlaps neither (the aorta) is not. A slice with no
+        anchor at all is shown whole, like a volume with none.
+        """
+        zt = (slice(None), slice(None), slice(z, z + 1), slice(t, t + 1))
+        anchors = anchors_from(self._seeds[zt], self._corrections[zt], self._corrected[z : z + 1, t : t + 1])
+        anchors = anchors[:, :, 0, 0]
+        if self._last_kept is not None:
+            anchors = anchors | self._last_kept[:, :, z, t]
+        return anchors
 
     def _predict_probs(self, image4: np.ndarray) -> np.ndarray:
         box = self.roi if self.config.crop is not None else None
@@ -647,6 +668,7 @@ class TrainingSession:
         left_out, n_left_out = np.zeros(predicted.shape, dtype=bool), 0
         if self.config.keep_connected if keep_connected is None else keep_connected:
             predicted, left_out, n_left_out = split_by_anchors(predicted, self.anchors())
+            self._last_kept = predicted  # anchors the next previews (_preview_anchors)
         return from_4d(predicted.astype(np.uint8), self._ndim), from_4d(left_out, self._ndim), n_left_out
 
     def anchors(self) -> np.ndarray:

@@ -505,7 +505,7 @@ def test_predict_job_with_a_loaded_model_reports_what_keep_left_out(monkeypatch)
 
     monkeypatch.setattr(trainer, "Predictor", FakePredictor)
     anchors = np.zeros(shape, bool)
-    anchors[6, 6, 1, 0] = True  # one target dot
+    anchors[6, 6, 1, 0] = anchors[6, 6, 0, 0] = True  # target dots on two slices
 
     def run(**kwargs):
         job = predict_job(np.zeros(shape, np.float32), checkpoint="model.ckpt", **kwargs)
@@ -515,6 +515,8 @@ def test_predict_job_with_a_loaded_model_reports_what_keep_left_out(monkeypatch)
             except StopIteration as stop:
                 return stop.value
 
+    first = next(predict_job(np.zeros(shape, np.float32), checkpoint="model.ckpt", anchors=anchors, preview=(0, 0)))
+    assert first.mask.sum() == 25  # the slice on screen: its own dot anchors the target, the 4 px blob goes
     volume = run(anchors=anchors)
     np.testing.assert_array_equal(volume.mask, probs[:, :, :, :] == 0.9)
     assert (volume.left_out_regions, volume.left_out_px) == (2, 13)

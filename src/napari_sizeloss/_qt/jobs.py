@@ -275,7 +275,8 @@ def predict_job(
     an anchor (:func:`~napari_sizeloss.connectivity.keep_connected`): the
     session's own dots and corrections when ``same_image``, else ``anchors``
     (bool ``image``'s shape: the target dots shown; None keeps every region).
-    The preview slice is shown before that filter.
+    The preview slice alone keeps the regions that its own anchors touch
+    (all of it when it has none).
 
     Returns
     -------
@@ -284,6 +285,8 @@ def predict_job(
     """
     if session is not None and same_image:
         return session_prediction(session, keep_connected=keep_connected)
+    from ..connectivity import keep_connected as keep_connected_to
+    from ..connectivity import split_by_anchors
     from ..gc_scope import collect_new_objects_only
 
     with collect_new_objects_only():  # maybe the process's first torch import and network (see training_job)
@@ -302,13 +305,14 @@ def predict_job(
         done += len(slices)
         if preview is not None and done == 1:
             z, t = preview
-            yield PredictionProgress(done, total, z=z, t=t, mask=mask[:, :, z, t].copy())
+            shown = mask[:, :, z, t].copy()
+            if keep_connected and anchors is not None:  # the slice alone: the regions its own dots touch
+                shown = keep_connected_to(shown, anchors[:, :, z, t]).astype(np.uint8)
+            yield PredictionProgress(done, total, z=z, t=t, mask=shown)
         else:
             yield PredictionProgress(done, total)
     n_left_out = px_left_out = 0
     if keep_connected and anchors is not None:
-        from ..connectivity import split_by_anchors
-
         kept, left_out, n_left_out = split_by_anchors(mask, anchors)
         mask = kept.astype(np.uint8)  # VolumePrediction lays it out in Fortran order
         px_left_out = int(np.count_nonzero(left_out))
