@@ -68,3 +68,34 @@ def test_the_demo_command_trains_with_the_users_tags_and_scores(tmp_path, capsys
 
     assert main(["demo", "--steps", "1", "--threads", "1", "--device", "cpu"]) == 0
     assert not seen[-1].any() and "tagged" not in capsys.readouterr().out  # the default: no tags
+
+
+def test_demo_over_several_cases_prints_each_case_and_a_summary_that_matches_them(tmp_path, capsys):
+    from napari_sizeloss.cli import main
+
+    out = tmp_path / "cases"
+    assert main(["demo", "--steps", "1", "--threads", "1", "--device", "cpu", "--cases", "2", "--seed", "3",
+                 "--compare", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| 3 ") or line.startswith("| 4 ")]
+    assert [(int(r[0]), r[1].strip()) for r in rows] == [
+        (3, "CE + size penalty"), (3, "CE only"), (4, "CE + size penalty"), (4, "CE only")]
+    assert "phantom seed 3:" in text and "phantom seed 4:" in text
+    for name in ("CE + size penalty", "CE only"):
+        dice = sorted(float(r[2]) for r in rows if r[1].strip() == name)
+        network = sorted(float(r[3]) for r in rows if r[1].strip() == name)
+        summary = next(line for line in text.splitlines() if line.startswith(f"{name}: 3D Dice"))
+        assert f"{dice[0]:.3f}-{dice[1]:.3f} (median {np.median(dice):.3f}), " in summary
+        assert f"{sum(d >= 0.85 for d in dice)} of 2 at 0.85 or more" in summary
+        assert f"every region the network predicts: {network[0]:.3f}-{network[1]:.3f}" in summary
+    # one folder per case, with the size-penalty run's files
+    assert sorted(p.name for p in out.iterdir()) == ["seed-3", "seed-4"]
+    assert (out / "seed-4" / "pred.nii.gz").is_file()
+
+
+def test_demo_refuses_fewer_than_one_case(capsys):
+    from napari_sizeloss.cli import main
+
+    assert main(["demo", "--cases", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "error: --cases must be at least 1, got 0"

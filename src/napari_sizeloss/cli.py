@@ -428,6 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int)
     p.add_argument("--compare", action="store_true", help="also train without the size penalty (same budget)")
+    p.add_argument("--cases", type=int, default=1, metavar="N",
+                   help="run N demo cases (phantom, dots and training seed: --seed, --seed+1, ...) and print "
+                        "the range, median and count at 0.85 or more (about a minute per case and training; "
+                        "--out then writes DIR/seed-K)")
     p.add_argument("--tags", choices=TAG_STRATEGIES, default="none",
                    help="tag target-absent slices as a user would: none (default), on the clicked frames "
                         "(clicked-frames), or every slice-frame without the target (every-frame, as the paper)")

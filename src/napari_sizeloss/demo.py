@@ -5,7 +5,8 @@ slices of two frames (end-diastole and end-systole), size bounds from *another*
 annotated subject (the paper's one-subject recipe), training, prediction, and
 the 3D Dice of the prediction against the phantom's ground truth over all
 frames. ``--compare`` trains a second network without the size penalty on the
-same budget.
+same budget; ``--cases N`` runs N phantoms (seeds ``--seed`` onwards) and
+summarises them.
 """
 
 from __future__ import annotations
@@ -146,43 +147,74 @@ def run_case(case: DemoCase, *, size_weight: float, steps: int, device: str = "a
 
 
 def run_demo(args) -> int:
-    from .cli import _progress_printer
-
-    case = make_demo_case(seed=args.seed)
-    X, Y, Z, T = case.image.shape
-    from .weak_labels import SEED_BACKGROUND, SEED_TARGET, dot_centres
-
-    n_target = len(dot_centres(case.seeds, SEED_TARGET))
-    n_background = len(dot_centres(case.seeds, SEED_BACKGROUND))
-    print(
-        f"phantom seed {args.seed}: {X}x{Y} px, {Z} slices, {T} frames; {n_target} target and "
-        f"{n_background} background dots on slices {case.clicked_slices} of frames {case.clicked_frames}"
-    )
-    print(f"bounds from subject {args.seed + 1} (paper recipe): {case.bounds.lower:.0f}-{case.bounds.upper:.0f} px per slice")
-    absent = absent_tags(case.target, args.tags, case.clicked_frames)
-    if args.tags != "none":
-        print(f"{int(absent.sum())} slice-frames tagged target-absent ({args.tags})")
+    """``napari-sizeloss demo``: one case (``--seed``), or ``--cases N`` of them (seeds ``seed..seed+N-1``)."""
+    cases = int(getattr(args, "cases", 1))
+    if cases < 1:
+        raise ValueError(f"--cases must be at least 1, got {cases}")
+    seeds = list(range(args.seed, args.seed + cases))
     runs = [("CE + size penalty", 1e-2)]
     if args.compare:
         runs.append(("CE only", 0.0))
-    results = []
+    results = []  # (seed, name, dice, network_dice, seconds)
+    for seed in seeds:
+        out = None
+        if args.out:
+            out = Path(args.out) if cases == 1 else Path(args.out) / f"seed-{seed}"
+        results += _demo_case(args, seed, runs, out)
+    print()
+    seed_column = "| seed " if cases > 1 else ""
+    print(f"{seed_column}| training | 3D Dice (all frames) | every region the network predicts | seconds |")
+    print(("|---" if cases > 1 else "") + "|---|---|---|---|")
+    for seed, name, dice, network_dice, seconds in results:
+        prefix = f"| {seed} " if cases > 1 else ""
+        print(f"{prefix}| {name} | {dice:.3f} | {network_dice:.3f} | {seconds:.0f} |")
+    print("(3D Dice: the regions connected to a target dot, as the plugin and `train --pred` write them)")
+    if cases > 1:
+        for name, _ in runs:
+            print(summary_line(name, [r[2] for r in results if r[1] == name],
+                               [r[3] for r in results if r[1] == name]))
+    sys.stdout.flush()
+    return 0
+
+
+def summary_line(name: str, dice: list[float], network_dice: list[float], level: float = 0.85) -> str:
+    """One line over cases: the range, median and count at ``level`` or more, filtered and every region."""
+    def part(values):
+        v = np.asarray(values, dtype=float)
+        return (f"{v.min():.3f}-{v.max():.3f} (median {np.median(v):.3f}), "
+                f"{int((v >= level).sum())} of {v.size} at {level} or more")
+
+    return f"{name}: 3D Dice {part(dice)}; every region the network predicts: {part(network_dice)}"
+
+
+def _demo_case(args, seed: int, runs, out: Path | None) -> list[tuple]:
+    """Train ``runs`` (name, size weight) on the case of ``seed``; returns one result row per run."""
+    from .cli import _progress_printer
+    from .weak_labels import SEED_BACKGROUND, SEED_TARGET, dot_centres
+
+    case = make_demo_case(seed=seed)
+    X, Y, Z, T = case.image.shape
+    n_target = len(dot_centres(case.seeds, SEED_TARGET))
+    n_background = len(dot_centres(case.seeds, SEED_BACKGROUND))
+    print(
+        f"phantom seed {seed}: {X}x{Y} px, {Z} slices, {T} frames; {n_target} target and "
+        f"{n_background} background dots on slices {case.clicked_slices} of frames {case.clicked_frames}"
+    )
+    print(f"bounds from subject {seed + 1} (paper recipe): {case.bounds.lower:.0f}-{case.bounds.upper:.0f} px per slice")
+    absent = absent_tags(case.target, args.tags, case.clicked_frames)
+    if args.tags != "none":
+        print(f"{int(absent.sum())} slice-frames tagged target-absent ({args.tags})")
+    rows = []
     for name, weight in runs:
         print(f"training: {name}, {args.steps} steps", flush=True)
         session, mask, dice, seconds, network_dice = run_case(
             case, size_weight=weight, steps=args.steps, device=args.device, threads=args.threads,
-            seed=args.seed, log=_progress_printer(args.steps), absent=absent,
+            seed=seed, log=_progress_printer(args.steps), absent=absent,
         )
-        results.append((name, dice, network_dice, seconds))
-        if args.out and weight > 0:
-            _write_outputs(Path(args.out), case, session, mask)
-    print()
-    print("| training | 3D Dice (all frames) | every region the network predicts | seconds |")
-    print("|---|---|---|---|")
-    for name, dice, network_dice, seconds in results:
-        print(f"| {name} | {dice:.3f} | {network_dice:.3f} | {seconds:.0f} |")
-    print("(3D Dice: the regions connected to a target dot, as the plugin and `train --pred` write them)")
-    sys.stdout.flush()
-    return 0
+        rows.append((seed, name, dice, network_dice, seconds))
+        if out is not None and weight > 0:
+            _write_outputs(out, case, session, mask)
+    return rows
 
 
 def _write_outputs(out: Path, case: DemoCase, session, mask) -> None:
