@@ -200,7 +200,8 @@ def _demo_case(args, seed: int, runs, out: Path | None) -> list[tuple]:
         f"phantom seed {seed}: {X}x{Y} px, {Z} slices, {T} frames; {n_target} target and "
         f"{n_background} background dots on slices {case.clicked_slices} of frames {case.clicked_frames}"
     )
-    print(f"bounds from subject {seed + 1} (paper recipe): {case.bounds.lower:.0f}-{case.bounds.upper:.0f} px per slice")
+    print(f"bounds from subject {seed + 1} (paper recipe): "
+          f"{case.bounds.lower:.0f}-{case.bounds.upper:.0f} px per slice")
     absent = absent_tags(case.target, args.tags, case.clicked_frames)
     if args.tags != "none":
         print(f"{int(absent.sum())} slice-frames tagged target-absent ({args.tags})")
