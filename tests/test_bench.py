@@ -273,3 +273,13 @@ def test_bench_prints_the_widened_bounds():
     q = {"bounds_px": [100.0, 848.0], "bounds_px_after_corrections": [90.0, 1050.0]}
     assert bench._widened(q) == " (upper bound 848 -> 1050 px, lower bound 100 -> 90 px)"
     assert bench._widened({"bounds_px": [1, 2], "bounds_px_after_corrections": [1, 2]}) == ""
+
+
+def test_bench_takes_the_corrections_rounds_budget_and_refuses_none(capsys):
+    from napari_sizeloss.cli import build_parser, main
+
+    assert build_parser().parse_args(["bench"]).correction_steps == 100
+    assert build_parser().parse_args(["bench", "--correction-steps", "300"]).correction_steps == 300
+    with pytest.raises(SystemExit):
+        main(["bench", "--correction-steps", "0"])
+    assert "must be at least 1" in capsys.readouterr().err

@@ -448,7 +448,8 @@ def run_bench(args) -> int:
         results.update(compiled_figures(device, quick=quick, reps=reps, fast=fast, gflop=gflop))
 
     tags = args.tags
-    q = time_to_quality(device, steps=60 if quick else None, correction_steps=20 if quick else 100,
+    correction_steps = 20 if quick else args.correction_steps
+    q = time_to_quality(device, steps=60 if quick else None, correction_steps=correction_steps,
                         threads=args.threads, tags=tags, fixed_bounds=args.fixed_bounds, all_regions=args.all_regions)
     results.update(q)
     t85, held = q["time_to_dice_085_s"], q["time_to_dice_085_held_s"]
@@ -466,7 +467,7 @@ def run_bench(args) -> int:
     if args.cases > 1:
         results["quality_by_case"] = quality_by_case(
             device, range(args.cases), first=q, steps=60 if quick else None,
-            correction_steps=20 if quick else 100, threads=args.threads, tags=tags,
+            correction_steps=correction_steps, threads=args.threads, tags=tags,
             fixed_bounds=args.fixed_bounds, all_regions=args.all_regions,
         )
 
@@ -585,6 +586,9 @@ def add_bench_parser(subparsers) -> None:
                    help="keep the bounds in the corrections round even where a corrected slice lies outside them "
                         "(by default the simulated user's bounds are widened to admit it, as the widget's "
                         "Use corrections does)")
+    p.add_argument("--correction-steps", type=_positive_int, default=100, metavar="N",
+                   help="steps of the corrections round (default 100; the widget's Use corrections trains its "
+                        "Advanced > Steps, 300 by default; --quick: 20)")
     p.add_argument("--all-regions", action="store_true",
                    help="the simulated user sees, corrects and is scored on every region the network predicts "
                         "(by default, as in the widget, only the regions connected to a target dot)")
