@@ -99,3 +99,36 @@ def test_demo_refuses_fewer_than_one_case(capsys):
     assert main(["demo", "--cases", "0"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == "error: --cases must be at least 1, got 0"
+
+
+def test_demo_refuses_an_out_it_would_spoil_before_training(tmp_path, capsys):
+    """A file as --out, or a folder holding a file the demo writes: one line, rc 2, nothing trained or changed."""
+    import hashlib
+
+    from napari_sizeloss.cli import main
+
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    assert main(["demo", "--steps", "1", "--threads", "1", "--out", str(a_file)]) == 2
+    out, err = capsys.readouterr()
+    assert "training:" not in out and err.count("\n") == 1 and "it is a file" in err
+    assert a_file.read_text() == "mine"
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    scan = scans / "image.nii.gz"
+    scan.write_bytes(b"someone's scan")
+    digest = hashlib.sha256(scan.read_bytes()).hexdigest()
+    assert main(["demo", "--steps", "1", "--threads", "1", "--out", str(scans)]) == 2
+    out, err = capsys.readouterr()
+    assert "training:" not in out and err.strip() == (
+        f"error: {scans} already holds image.nii.gz: give --out a new or empty folder")
+    assert hashlib.sha256(scan.read_bytes()).hexdigest() == digest and sorted(scans.iterdir()) == [scan]
+
+    # several cases: the check covers every case's folder before the first trains
+    (tmp_path / "many" / "seed-1").mkdir(parents=True)
+    (tmp_path / "many" / "seed-1" / "pred.nii.gz").write_bytes(b"x")
+    assert main(["demo", "--steps", "1", "--threads", "1", "--cases", "2", "--out", str(tmp_path / "many")]) == 2
+    out, err = capsys.readouterr()
+    assert "training:" not in out and "seed-1 already holds pred.nii.gz" in err
+    assert sorted(p.name for p in (tmp_path / "many").iterdir()) == ["seed-1"]  # no seed-0 folder made

@@ -11,7 +11,9 @@ summarises them.
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,15 +154,20 @@ def run_demo(args) -> int:
     if cases < 1:
         raise ValueError(f"--cases must be at least 1, got {cases}")
     seeds = list(range(args.seed, args.seed + cases))
+    folders = {}
+    if args.out:
+        folders = {seed: Path(args.out) if cases == 1 else Path(args.out) / f"seed-{seed}" for seed in seeds}
+        # before any training: a bad --out fails in a second, not after minutes
+        for folder in folders.values():
+            check_output_folder(folder)
+        for folder in folders.values():
+            make_output_folder(folder)
     runs = [("CE + size penalty", 1e-2)]
     if args.compare:
         runs.append(("CE only", 0.0))
     results = []  # (seed, name, dice, network_dice, seconds)
     for seed in seeds:
-        out = None
-        if args.out:
-            out = Path(args.out) if cases == 1 else Path(args.out) / f"seed-{seed}"
-        results += _demo_case(args, seed, runs, out)
+        results += _demo_case(args, seed, runs, folders.get(seed))
     print()
     seed_column = "| seed " if cases > 1 else ""
     print(f"{seed_column}| training | 3D Dice (all frames) | every region the network predicts | seconds |")
@@ -218,6 +225,37 @@ def _demo_case(args, seed: int, runs, out: Path | None) -> list[tuple]:
     return rows
 
 
+#: What ``demo --out DIR`` writes into DIR.
+OUTPUT_FILES = ("image.nii.gz", "gt.nii.gz", "seeds.nii.gz", "pred.nii.gz", "model.ckpt")
+
+
+def check_output_folder(folder: Path) -> None:
+    """Raise ValueError (one line) when ``folder`` cannot take the demo's outputs; creates nothing.
+
+    Refuses a path that is a file, and a folder that already holds a file
+    the demo would write: it never replaces a file it did not make in this
+    run (an ``image.nii.gz`` there may be someone's scan).
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"cannot write the demo's outputs to {folder}: it is a file")
+    taken = [name for name in OUTPUT_FILES if (folder / name).exists()]
+    if taken:
+        raise ValueError(f"{folder} already holds {', '.join(taken)}: give --out a new or empty folder")
+
+
+def make_output_folder(folder: Path) -> None:
+    """Create ``folder`` (and its parents) and check a file can be written in it; ValueError in one line."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".napari-sizeloss-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ValueError(f"cannot write the demo's outputs to {folder}: {exc.strerror or exc}") from None
+
+
 def _write_outputs(out: Path, case: DemoCase, session, mask) -> None:
     from .nifti import load_nifti, save_mask
 
@@ -231,4 +269,5 @@ def _write_outputs(out: Path, case: DemoCase, session, mask) -> None:
     save_mask(out / "seeds.nii.gz", case.seeds, ref)
     save_mask(out / "pred.nii.gz", mask, ref)
     session.save(out / "model.ckpt")
-    print(f"wrote image, gt, seeds, pred and model to {out}/")
+    print(f"wrote image, gt (the phantom's labels: 1 right-ventricle cavity, 2 left-ventricle "
+          f"myocardium, {LV_CAVITY} left-ventricle cavity, the target), seeds, pred and model to {out}/")
