@@ -67,6 +67,7 @@ def test_train_then_predict(phantom_files, capsys):
     # --seeds: the regions connected to a target dot, as train --pred writes them
     assert main(["predict", str(image), "--model", str(model), "--out", str(pred2), "--device", "cpu",
                  "--seeds", str(seeds)]) == 0
+    said = capsys.readouterr().out
     a, b, src = nib.load(pred), nib.load(pred2), nib.load(image)
     assert a.shape == b.shape == src.shape
     np.testing.assert_array_equal(a.affine, src.affine)
@@ -79,6 +80,9 @@ def test_train_then_predict(phantom_files, capsys):
     every = np.asarray(nib.load(pred3).dataobj) > 0
     kept = np.asarray(a.dataobj) > 0
     assert (every | kept).sum() == every.sum()
+    # what --seeds left out is said with its size
+    dropped = int(every.sum() - kept.sum())
+    assert (f", {dropped} voxels, that no target dot touches" in said) == (dropped > 0)
     # seeds without a target dot anchor nothing: refused in one line, nothing written
     no_dots = d / "no_dots.nii.gz"
     src_seeds = nib.load(seeds)
@@ -88,6 +92,32 @@ def test_train_then_predict(phantom_files, capsys):
     assert main(["predict", str(image), "--model", str(model), "--out", str(pred4), "--device", "cpu",
                  "--seeds", str(no_dots)]) == 2
     assert "no target dot" in capsys.readouterr().err and not pred4.exists()
+
+
+def test_predict_with_seeds_says_what_it_left_out(phantom_files, capsys, monkeypatch):
+    """A blob no dot touches is left out of the written mask, and the line says how many voxels that was."""
+    from napari_sizeloss import trainer
+
+    d, image, gt, seeds = phantom_files
+    model = d / "blob.ckpt"
+    assert main(["train", str(image), "--seeds", str(seeds), "--bounds", "20", "600", "--steps", "1",
+                 "--device", "cpu", "--model", str(model), "--crop", "32", "--batch-size", "2"]) == 0
+    dots = np.asarray(nib.load(seeds).dataobj) == 1
+    network = np.zeros(dots.shape, np.uint8)
+    network[dots] = 1  # the target: the dots themselves
+    network[:4, :4, 0, 0] = 1  # and a 16-voxel blob in a corner no dot touches
+    assert not dots[:4, :4].any()
+    monkeypatch.setattr(trainer.Predictor, "predict", lambda self, image, box="auto", anchors=None: network.copy())
+    out = d / "blob.nii.gz"
+    capsys.readouterr()
+    assert main(["predict", str(image), "--model", str(model), "--out", str(out), "--device", "cpu",
+                 "--seeds", str(seeds)]) == 0
+    said = capsys.readouterr().out
+    written = np.asarray(nib.load(out).dataobj)
+    np.testing.assert_array_equal(written, dots)
+    voxels = int(np.count_nonzero(dots))
+    assert f"wrote {out}: {voxels} voxels in the target (regions connected to a target dot) (left out 1 " \
+           "predicted region, 16 voxels, that no target dot touches; without --seeds every region is kept)" in said
 
 
 def test_ema_decay_chooses_the_weights_saved(phantom_files, tmp_path):
