@@ -38,6 +38,7 @@ def left_out_note(regions: int, pixels: int) -> str:
     return (f"left out {regions} predicted region{'s' if regions != 1 else ''} ({pixels:,} px) that no target "
             "dot touches (Advanced settings > Keep)")
 
+
 class TrainingMixin:
     """Train / Stop / Use corrections and the worker callbacks."""
 
