@@ -278,8 +278,14 @@ def test_bench_prints_the_widened_bounds():
 def test_bench_takes_the_corrections_rounds_budget_and_refuses_none(capsys):
     from napari_sizeloss.cli import build_parser, main
 
-    assert build_parser().parse_args(["bench"]).correction_steps == 100
+    assert build_parser().parse_args(["bench"]).correction_steps is None  # as many as the first round
     assert build_parser().parse_args(["bench", "--correction-steps", "300"]).correction_steps == 300
     with pytest.raises(SystemExit):
         main(["bench", "--correction-steps", "0"])
     assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_the_corrections_round_trains_as_many_steps_as_the_first_by_default():
+    """As the widget's Use corrections, which trains its Steps setting again."""
+    out = time_to_quality("cpu", steps=3, steps_between=3, threads=1)
+    assert out["first_round_steps"] == out["corrections_round_steps"] == 3

@@ -233,7 +233,7 @@ def held_from(curve: list, level: float):
     return held
 
 
-def time_to_quality(device, *, steps=None, correction_steps=100, steps_between=25, seed=0,
+def time_to_quality(device, *, steps=None, correction_steps=None, steps_between=25, seed=0,
                     threads=None, deadline_s=60.0, tags: str = "none", fixed_bounds: bool = False,
                     all_regions: bool = False, **config_overrides) -> dict:
     """The interactive session on the demo case, timed as a user lives it.
@@ -243,7 +243,9 @@ def time_to_quality(device, *, steps=None, correction_steps=100, steps_between=2
     scoring the 3D Dice over all frames every ``steps_between`` steps
     (scoring is not counted as training time); then correct the two worst
     slices (their ground truth becomes full supervision, as a user's brush
-    would) and train ``correction_steps`` more from the same weights.
+    would) and train ``correction_steps`` more from the same weights (None:
+    as many as the first round, as the widget's *Use corrections* trains its
+    *Steps* setting; 100 in the bench before 2026-12-03).
     ``dice_at_60s`` is the last score within ``deadline_s`` of pressing Train.
     ``tags`` is how the simulated user tags target-absent slices before
     pressing Train (:func:`~napari_sizeloss.demo.absent_tags`; default none).
@@ -292,6 +294,8 @@ def time_to_quality(device, *, steps=None, correction_steps=100, steps_between=2
     if not fixed_bounds:
         bounds = widen_to_admit(bounds, case.target[:, :, corrected].sum(axis=(0, 1)), case.phantom.spacing[:2])
     session.update(corrections=case.target.astype(np.uint8), corrected=corrected, bounds=bounds)
+    if correction_steps is None:
+        correction_steps = first_round_steps
     session.config.steps = correction_steps
     corr_curve: list = []
     corr_spent = _train_round(session, case.target, max(5, steps_between // 2), corr_curve, offset=spent)
@@ -448,7 +452,7 @@ def run_bench(args) -> int:
         results.update(compiled_figures(device, quick=quick, reps=reps, fast=fast, gflop=gflop))
 
     tags = args.tags
-    correction_steps = 20 if quick else args.correction_steps
+    correction_steps = 20 if quick else args.correction_steps  # None: as many as the first round
     q = time_to_quality(device, steps=60 if quick else None, correction_steps=correction_steps,
                         threads=args.threads, tags=tags, fixed_bounds=args.fixed_bounds, all_regions=args.all_regions)
     results.update(q)
@@ -497,7 +501,7 @@ def _widened(q: dict) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
-def quality_by_case(device, seeds, *, first: dict | None = None, steps=None, correction_steps=100,
+def quality_by_case(device, seeds, *, first: dict | None = None, steps=None, correction_steps=None,
                     threads=None, tags: str = "none", fixed_bounds: bool = False,
                     all_regions: bool = False) -> list[dict]:
     """:func:`time_to_quality` on the demo cases of several seeds, printed one line each, then the ranges.
@@ -586,9 +590,9 @@ def add_bench_parser(subparsers) -> None:
                    help="keep the bounds in the corrections round even where a corrected slice lies outside them "
                         "(by default the simulated user's bounds are widened to admit it, as the widget's "
                         "Use corrections does)")
-    p.add_argument("--correction-steps", type=_positive_int, default=100, metavar="N",
-                   help="steps of the corrections round (default 100; the widget's Use corrections trains its "
-                        "Advanced > Steps, 300 by default; --quick: 20)")
+    p.add_argument("--correction-steps", type=_positive_int, default=None, metavar="N",
+                   help="steps of the corrections round (default: as many as the first round, 300, as the "
+                        "widget's Use corrections trains its Advanced > Steps; 100 before 2026-12-03; --quick: 20)")
     p.add_argument("--all-regions", action="store_true",
                    help="the simulated user sees, corrects and is scored on every region the network predicts "
                         "(by default, as in the widget, only the regions connected to a target dot)")
