@@ -452,7 +452,7 @@ def run_bench(args) -> int:
         results.update(compiled_figures(device, quick=quick, reps=reps, fast=fast, gflop=gflop))
 
     tags = args.tags
-    correction_steps = 20 if quick else args.correction_steps  # None: as many as the first round
+    correction_steps = args.correction_steps or (20 if quick else None)  # None: as many as the first round
     q = time_to_quality(device, steps=60 if quick else None, correction_steps=correction_steps,
                         threads=args.threads, tags=tags, fixed_bounds=args.fixed_bounds, all_regions=args.all_regions)
     results.update(q)
@@ -592,7 +592,7 @@ def add_bench_parser(subparsers) -> None:
                         "Use corrections does)")
     p.add_argument("--correction-steps", type=_positive_int, default=None, metavar="N",
                    help="steps of the corrections round (default: as many as the first round, 300, as the "
-                        "widget's Use corrections trains its Advanced > Steps; 100 before 2026-12-03; --quick: 20)")
+                        "widget's Use corrections trains its Advanced > Steps; 100 before 2026-12-03; 20 with --quick)")
     p.add_argument("--all-regions", action="store_true",
                    help="the simulated user sees, corrects and is scored on every region the network predicts "
                         "(by default, as in the widget, only the regions connected to a target dot)")
