@@ -523,3 +523,19 @@ def test_predict_job_with_a_loaded_model_reports_what_keep_left_out(monkeypatch)
     assert volume.sizes_px[2, 1] == 25
     volume = run(anchors=anchors, keep_connected=False)
     assert (volume.left_out_regions, volume.left_out_px) == (0, 0) and volume.mask.sum() == 25 * 6 + 13
+
+
+def test_corrected_slices_anchor_the_kept_regions_when_there_is_no_dot(viewer, widget):
+    """A loaded model on an image with corrections but no dots: the corrections say where the target is."""
+    assert widget._anchors() is None  # no dot, no correction: nothing to keep regions by
+    gt = viewer.layers["cine phantom ground truth"]
+    target = (np.asarray(gt.data).T == 3).astype(np.uint8)  # (X, Y, Z, T)
+    slices = np.zeros(target.shape[2:], dtype=bool)
+    slices[2, 1] = True
+    widget.supervision.use_corrections(target, slices)
+    anchors = widget._anchors()
+    assert anchors is not None and anchors.shape == target.shape
+    expected = np.zeros(target.shape, dtype=bool)
+    expected[:, :, 2, 1] = target[:, :, 2, 1] > 0
+    assert expected.any()
+    np.testing.assert_array_equal(anchors, expected)

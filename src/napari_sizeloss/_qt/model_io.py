@@ -24,14 +24,21 @@ class ModelIOMixin:
 
     # ============================================================ predict
     def _anchors(self) -> np.ndarray | None:
-        """bool ``(X, Y, Z, T)``: the target dots and corrected target pixels shown; None when there are none."""
+        """bool ``(X, Y, Z, T)``: the target dots and corrected target pixels shown; None when there are none.
+
+        Corrected slices anchor on their own: a loaded model on an image
+        whose slices were corrected but that has no dot keeps the regions
+        the corrections touch.
+        """
         from ..connectivity import anchors_from
 
+        sup = self.supervision
         try:
             seeds = self.seeds_array()
-        except ValueError:  # no dots (a loaded model on a fresh image): keep every region
-            return None
-        sup = self.supervision
+        except ValueError:  # no dots (a loaded model on a fresh image)
+            if sup is None or not sup.corrected.any():
+                return None  # nothing says where the target is: keep every region
+            seeds = np.zeros(sup.corrections.shape, dtype=np.uint8)
         return anchors_from(seeds, sup.corrections, sup.corrected) if sup is not None else anchors_from(seeds)
 
     def predict(self) -> bool:
