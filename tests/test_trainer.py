@@ -178,6 +178,31 @@ def test_same_seed_same_result():
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def test_predicting_between_steps_leaves_training_unchanged():
+    """Previews and whole-volume predictions during a round (the widget's, the bench's scoring) train nothing.
+
+    A prediction puts the network in eval mode and back; one that left it in
+    eval mode, moved the batch norms' running statistics or drew from the
+    session's random streams would change every later step.
+    """
+    image, seeds, _ = disc_volume()
+
+    def weights_after(predict_every: int, preview_every: int) -> dict:
+        session = TrainingSession(image, seeds, SizeBounds(20, 300),
+                                  config=small_config(steps=6, preview_every=preview_every))
+        session.request_preview(1, 1)
+        for event in session.run():
+            if predict_every and event.kind is EventKind.STEP and event.step % predict_every == 0:
+                session.predict()
+        return {k: v.detach().clone() for k, v in session.model.state_dict().items()}
+
+    plain = weights_after(0, 0)
+    watched = weights_after(2, 1)
+    assert plain.keys() == watched.keys()
+    for name in plain:
+        torch.testing.assert_close(watched[name], plain[name], rtol=0, atol=0, msg=name)
+
+
 def test_checkpoint_round_trip_and_continue(tmp_path):
     image, seeds, target = disc_volume()
     session = train(image, seeds, SizeBounds(60, 300), config=small_config(steps=20))
