@@ -11,7 +11,12 @@ ENet, eagerly, in turn with float32 (order flipped each round):
   96x96 batch 8;
 - every pixel of a 256x256x10x25 cine (``predict_volume``) under autocast.
 
-    python scripts/bf16_bench.py [--rounds 3] [--threads 2]
+``--compile`` instead measures training steps through ``torch.compile``
+(contiguous tensors, as the package's compiled path uses on the CPU): one
+network compiled for float32 and one for bfloat16 autocast (a compile of
+a minute or two each), then blocks of 10 steps of each in turn.
+
+    python scripts/bf16_bench.py [--rounds 3] [--threads 2] [--compile [--size 256 --batch 1]]
 """
 
 from __future__ import annotations
@@ -88,6 +93,63 @@ def step_ms(size: int, batch: int, bf16: bool, repeats: int = 15, warmup: int = 
     return statistics.median(times)
 
 
+class _CompiledStep:
+    """One training step of a ``torch.compile``'d ENet, float32 or under bfloat16 autocast (contiguous)."""
+
+    def __init__(self, size: int, batch: int, bf16: bool):
+        from napari_sizeloss.device import make_adam
+        from napari_sizeloss.network import ENet
+
+        torch.manual_seed(0)
+        self.model = ENet()
+        self.opt = make_adam(self.model.parameters(), 5e-3, "cpu")
+        self.forward = torch.compile(self.model)
+        self.bf16, self.size = bf16, size
+        self.x = torch.rand(batch, 1, size, size)
+        self.targets = torch.full((batch, size, size), -1, dtype=torch.long)
+        self.targets[:, size // 2 - 2 : size // 2 + 2, size // 2 - 2 : size // 2 + 2] = 1
+        self.lower, self.upper = torch.full((batch, 1), 100.0), torch.full((batch, 1), 1700.0)
+
+    def __call__(self) -> float:
+        """Run one step; its wall time in ms."""
+        from napari_sizeloss.losses import partial_cross_entropy, size_penalty
+
+        t0 = time.perf_counter()
+        self.opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self.forward(self.x)
+        logits = logits.float()
+        probs = torch.softmax(logits, 1)[:, 1:2]
+        size_term = size_penalty(probs, self.lower, self.upper).mean() / self.size**2
+        loss = partial_cross_entropy(logits, self.targets) + 1e-2 * size_term
+        loss.backward()
+        self.opt.step()
+        return (time.perf_counter() - t0) * 1e3
+
+
+def compiled_main(args) -> int:
+    print(f"compiled training steps, {args.size}x{args.size} batch {args.batch}, contiguous")
+    steps = {}
+    for bf16 in (False, True):
+        steps[bf16] = _CompiledStep(args.size, args.batch, bf16)
+        first = steps[bf16]()
+        for _ in range(4):
+            steps[bf16]()
+        print(f"  {'bfloat16 autocast' if bf16 else 'float32'}: first step (the compile) {first / 1e3:.1f} s",
+              flush=True)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for r in range(args.rounds):
+        for bf16 in ((False, True) if r % 2 == 0 else (True, False)):
+            block = [steps[bf16]() for _ in range(10)]
+            times[bf16] += block
+            print(f"  round {r + 1}: {'bfloat16 autocast' if bf16 else 'float32'}: "
+                  f"median of 10 steps {statistics.median(block):.1f} ms", flush=True)
+    f32, b16 = statistics.median(times[False]), statistics.median(times[True])
+    print(f"medians of {len(times[False])} steps: float32 {f32:.1f} ms, bfloat16 autocast {b16:.1f} ms "
+          f"({f32 / b16:.2f}x)")
+    return 0
+
+
 def cine_s(model, image: np.ndarray, bf16: bool) -> float:
     from napari_sizeloss.trainer import predict_volume
 
@@ -101,9 +163,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--compile", action="store_true", help="compiled training steps instead (minutes)")
+    parser.add_argument("--size", type=int, default=256, help="with --compile: crop side")
+    parser.add_argument("--batch", type=int, default=1, help="with --compile: batch size")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} intra-op threads; {cpu_line()}")
+    if args.compile:
+        return compiled_main(args)
 
     print("one convolution, channels-last, batch 1, ms (median of 30): forward / backward")
     for cin, cout, side, kernel in ((16, 16, 128, 3), (16, 64, 64, 1), (64, 16, 64, 1), (32, 32, 32, 3),
