@@ -94,8 +94,7 @@ def main(argv=None) -> int:
                         choices=["now", "quarter", "warmup"])
     args = parser.parse_args(argv)
 
-    from napari_sizeloss.bench import _score, worst_slices
-    from napari_sizeloss.bounds import widen_to_admit
+    from napari_sizeloss.bench import _score, correct_worst_slices
     from napari_sizeloss.demo import make_demo_case
     from napari_sizeloss.trainer import TrainConfig, TrainingSession
 
@@ -108,11 +107,7 @@ def main(argv=None) -> int:
         for _ in session.run():
             pass
         first = _score(session, case.target)
-        corrected = np.zeros(case.image.shape[2:], dtype=bool)
-        for z, t in worst_slices(session.predict(), case.target, 2):
-            corrected[z, t] = True
-        bounds = widen_to_admit(case.bounds, case.target[:, :, corrected].sum(axis=(0, 1)), case.phantom.spacing[:2])
-        session.update(corrections=case.target.astype(np.uint8), corrected=corrected, bounds=bounds)
+        correct_worst_slices(session, case)
         state = snapshot(session)
         line = [f"seed {seed}: first round {first:.4f}"]
         for variant in args.variants:

@@ -217,6 +217,28 @@ def worst_slices(mask: np.ndarray, target: np.ndarray, n: int = 2) -> list[tuple
     return [tuple(int(v) for v in np.unravel_index(i, wrong.shape)) for i in order if wrong.flat[i] > 0]
 
 
+def correct_worst_slices(session, case, n: int = 2, fixed_bounds: bool = False):
+    """The bench's simulated user corrects the ``n`` worst slices of ``session``'s mask of ``case``.
+
+    Each corrected slice gets the true mask (full supervision); unless
+    ``fixed_bounds``, the bounds are widened to admit every corrected
+    slice's area (:func:`~napari_sizeloss.bounds.widen_to_admit`), as the
+    widget's *Use corrections* does. Returns the corrected ``(z, t)`` and the
+    bounds the session now trains with.
+    """
+    from .bounds import widen_to_admit
+
+    worst = worst_slices(session.predict(), case.target, n)
+    corrected = np.zeros(case.image.shape[2:], dtype=bool)
+    for z, t in worst:
+        corrected[z, t] = True
+    bounds = case.bounds
+    if not fixed_bounds:
+        bounds = widen_to_admit(bounds, case.target[:, :, corrected].sum(axis=(0, 1)), case.phantom.spacing[:2])
+    session.update(corrections=case.target.astype(np.uint8), corrected=corrected, bounds=bounds)
+    return worst, bounds
+
+
 def held_from(curve: list, level: float):
     """The first time of ``curve`` (``[(seconds, dice), ...]``) from which every later score is ``>= level``.
 
@@ -260,7 +282,6 @@ def time_to_quality(device, *, steps=None, correction_steps=None, steps_between=
     """
     import resource
 
-    from .bounds import widen_to_admit
     from .demo import absent_tags, make_demo_case
     from .trainer import TrainConfig, TrainingSession
 
@@ -286,14 +307,7 @@ def time_to_quality(device, *, steps=None, correction_steps=None, steps_between=
     # training images per second of training time (the session's own clock also runs while we score)
     rate = first_round_steps * config.batch_size / spent if spent > 0 else None
 
-    worst = worst_slices(session.predict(), case.target, 2)
-    corrected = np.zeros(case.image.shape[2:], dtype=bool)
-    for z, t in worst:
-        corrected[z, t] = True
-    bounds = case.bounds
-    if not fixed_bounds:
-        bounds = widen_to_admit(bounds, case.target[:, :, corrected].sum(axis=(0, 1)), case.phantom.spacing[:2])
-    session.update(corrections=case.target.astype(np.uint8), corrected=corrected, bounds=bounds)
+    worst, bounds = correct_worst_slices(session, case, fixed_bounds=fixed_bounds)
     if correction_steps is None:
         correction_steps = first_round_steps
     session.config.steps = correction_steps
