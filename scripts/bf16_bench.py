@@ -28,6 +28,8 @@ import time
 import numpy as np
 import torch
 
+from napari_sizeloss.bench import TrainStep, train_step_ms
+
 
 def cpu_line() -> str:
     """The CPU model and whether it lists AMX / AVX-512 BF16 (Linux's /proc/cpuinfo)."""
@@ -65,78 +67,24 @@ def conv_ms(cin: int, cout: int, side: int, kernel: int, dtype: torch.dtype, rep
 
 
 def step_ms(size: int, batch: int, bf16: bool, repeats: int = 15, warmup: int = 4) -> float:
-    """Median ms of a channels-last training step, the forward under bfloat16 autocast when ``bf16``."""
-    from napari_sizeloss.device import make_adam, to_channels_last
-    from napari_sizeloss.losses import partial_cross_entropy, size_penalty
-    from napari_sizeloss.network import ENet
-
-    torch.manual_seed(0)
-    model = ENet().to(memory_format=torch.channels_last)
-    opt = make_adam(model.parameters(), 5e-3, "cpu")
-    x = to_channels_last(torch.rand(batch, 1, size, size))
-    targets = torch.full((batch, size, size), -1, dtype=torch.long)
-    targets[:, size // 2 - 2 : size // 2 + 2, size // 2 - 2 : size // 2 + 2] = 1
-    lower, upper = torch.full((batch, 1), 100.0), torch.full((batch, 1), 1700.0)
-    times = []
-    for i in range(warmup + repeats):
-        t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(x)
-        logits = logits.float()
-        probs = torch.softmax(logits, 1)[:, 1:2]
-        loss = partial_cross_entropy(logits, targets) + 1e-2 * size_penalty(probs, lower, upper).mean() / size**2
-        loss.backward()
-        opt.step()
-        if i >= warmup:
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
-class _CompiledStep:
-    """One training step of a ``torch.compile``'d ENet, float32 or under bfloat16 autocast (contiguous)."""
-
-    def __init__(self, size: int, batch: int, bf16: bool):
-        from napari_sizeloss.device import make_adam
-        from napari_sizeloss.network import ENet
-
-        torch.manual_seed(0)
-        self.model = ENet()
-        self.opt = make_adam(self.model.parameters(), 5e-3, "cpu")
-        self.forward = torch.compile(self.model)
-        self.bf16, self.size = bf16, size
-        self.x = torch.rand(batch, 1, size, size)
-        self.targets = torch.full((batch, size, size), -1, dtype=torch.long)
-        self.targets[:, size // 2 - 2 : size // 2 + 2, size // 2 - 2 : size // 2 + 2] = 1
-        self.lower, self.upper = torch.full((batch, 1), 100.0), torch.full((batch, 1), 1700.0)
-
-    def __call__(self) -> float:
-        """Run one step; its wall time in ms."""
-        from napari_sizeloss.losses import partial_cross_entropy, size_penalty
-
-        t0 = time.perf_counter()
-        self.opt.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-            logits = self.forward(self.x)
-        logits = logits.float()
-        probs = torch.softmax(logits, 1)[:, 1:2]
-        size_term = size_penalty(probs, self.lower, self.upper).mean() / self.size**2
-        loss = partial_cross_entropy(logits, self.targets) + 1e-2 * size_term
-        loss.backward()
-        self.opt.step()
-        return (time.perf_counter() - t0) * 1e3
+    """Median ms of a channels-last training step (``bench.train_step_ms``), under bfloat16 autocast when ``bf16``."""
+    return train_step_ms("cpu", size=size, batch=batch, repeats=repeats, warmup=warmup, channels_last=True,
+                         amp=bf16, dtype=torch.bfloat16)
 
 
 def compiled_main(args) -> int:
     print(f"compiled training steps, {args.size}x{args.size} batch {args.batch}, contiguous")
     steps = {}
     for bf16 in (False, True):
-        steps[bf16] = _CompiledStep(args.size, args.batch, bf16)
+        steps[bf16] = TrainStep("cpu", size=args.size, batch=args.batch, amp=bf16, dtype=torch.bfloat16,
+                                compile=True)
         first = steps[bf16]()
         for _ in range(4):
             steps[bf16]()
         print(f"  {'bfloat16 autocast' if bf16 else 'float32'}: first step (the compile) {first / 1e3:.1f} s",
               flush=True)
+    for step in steps.values():
+        step.check_compiled()
     times: dict[bool, list[float]] = {False: [], True: []}
     for r in range(args.rounds):
         for bf16 in ((False, True) if r % 2 == 0 else (True, False)):

@@ -289,3 +289,25 @@ def test_the_corrections_round_trains_as_many_steps_as_the_first_by_default():
     """As the widget's Use corrections, which trains its Steps setting again."""
     out = time_to_quality("cpu", steps=3, steps_between=3, threads=1)
     assert out["first_round_steps"] == out["corrections_round_steps"] == 3
+
+
+@pytest.mark.parametrize("amp, want", [(False, torch.float32), (True, torch.bfloat16)])
+def test_train_step_runs_the_forward_in_the_asked_precision_and_trains(amp, want):
+    """bench.TrainStep: bfloat16 when asked (also on a CPU, where autocast is off by default), and the step moves weights."""
+    from napari_sizeloss.bench import TrainStep
+
+    step = TrainStep("cpu", size=32, batch=2, amp=amp, dtype=torch.bfloat16)
+    seen = []
+    network = step.forward
+
+    def forward(x):
+        logits = network(x)
+        seen.append(logits.dtype)
+        return logits
+
+    step.forward = forward
+    before = [p.detach().clone() for p in network.parameters()]
+    assert step() > 0
+    assert seen == [want]
+    moved = [not torch.equal(b, p) for b, p in zip(before, network.parameters())]
+    assert sum(moved) > len(moved) // 2

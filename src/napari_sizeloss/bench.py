@@ -54,56 +54,94 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+class TrainStep:
+    """One full training step of a fresh ENet (forward, losses, backward, Adam), timed per call.
+
+    A random ``(batch, 1, size, size)`` image with a 4x4 target dot in its
+    centre, size bounds [100, 1700] px and the size weight 1e-2: the
+    arithmetic of a real step without a data loader. Seeded, so two instances
+    start from the same weights.
+
+    ``amp``: the forward under :func:`~napari_sizeloss.device.autocast`, in
+    ``dtype`` when given (``torch.bfloat16`` forces it on a CPU too);
+    ``compile``: the forward through
+    :class:`~napari_sizeloss.compiled.CompiledForward` (its first call compiles).
+    Calling the instance runs one step and returns its wall time in ms.
+    """
+
+    def __init__(self, device, *, size=256, batch=1, channels_last=False, amp=False, dtype=None,
+                 compile=False) -> None:
+        import torch
+
+        from .device import make_adam, to_channels_last
+        from .network import ENet
+
+        self.device = torch.device(device)
+        self.size, self.amp, self.dtype, self.compile = size, amp, dtype, compile
+        torch.manual_seed(0)
+        model = ENet().to(self.device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.opt = make_adam(model.parameters(), 5e-3, self.device)
+        self.forward = model
+        if compile:
+            from .compiled import CompiledForward
+
+            self.forward = CompiledForward(model)
+        self.x = torch.rand(batch, 1, size, size, device=self.device)
+        if channels_last:
+            self.x = to_channels_last(self.x)
+        self.targets = torch.full((batch, size, size), -1, dtype=torch.long, device=self.device)
+        self.targets[:, size // 2 - 2 : size // 2 + 2, size // 2 - 2 : size // 2 + 2] = 1
+        self.lower = torch.full((batch, 1), 100.0, device=self.device)
+        self.upper = torch.full((batch, 1), 1700.0, device=self.device)
+
+    def __call__(self) -> float:
+        """Run one step; its wall time in ms (the device synchronised on both sides)."""
+        import torch
+
+        from .device import autocast
+        from .losses import partial_cross_entropy, size_penalty
+
+        _sync(self.device)
+        t0 = time.perf_counter()
+        self.opt.zero_grad(set_to_none=True)
+        with autocast(self.device, enabled=self.amp, dtype=self.dtype):
+            logits = self.forward(self.x)
+        logits = logits.float()
+        probs = torch.softmax(logits, 1)[:, 1:2]
+        size_term = size_penalty(probs, self.lower, self.upper).mean() / (self.size * self.size)
+        loss = partial_cross_entropy(logits, self.targets) + 1e-2 * size_term
+        loss.backward()
+        self.opt.step()
+        _sync(self.device)
+        return (time.perf_counter() - t0) * 1000
+
+    def check_compiled(self) -> None:
+        """Raise RuntimeError if ``compile`` was asked for and the forward fell back to eager."""
+        if self.compile and not self.forward.compiled:
+            raise RuntimeError(f"torch.compile failed: {self.forward.failure}")
+
+
 def train_step_ms(device, *, size=256, batch=1, repeats=20, warmup=5, channels_last=False, amp=False,
-                  compile=False, first_step: dict | None = None) -> float:
-    """Median wall time (ms) of one full training step (forward, losses, backward, Adam).
+                  compile=False, dtype=None, first_step: dict | None = None) -> float:
+    """Median wall time (ms) of one full training step (:class:`TrainStep`) after ``warmup`` steps.
 
     ``compile``: the forward through :class:`~napari_sizeloss.compiled.CompiledForward`;
     the first step's seconds (the compile, when compiling) go to
-    ``first_step["s"]`` when a dict is given.
+    ``first_step["s"]`` when a dict is given. ``dtype``: autocast's precision
+    when ``amp`` (see :class:`TrainStep`).
     """
-    import torch
-
-    from .device import autocast, make_adam, to_channels_last
-    from .losses import partial_cross_entropy, size_penalty
-    from .network import ENet
-
-    torch.manual_seed(0)
-    model = ENet().to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = make_adam(model.parameters(), 5e-3, device)
-    forward = model
-    if compile:
-        from .compiled import CompiledForward
-
-        forward = CompiledForward(model)
-    x = torch.rand(batch, 1, size, size, device=device)
-    if channels_last:
-        x = to_channels_last(x)
-    targets = torch.full((batch, size, size), -1, dtype=torch.long, device=device)
-    targets[:, size // 2 - 2 : size // 2 + 2, size // 2 - 2 : size // 2 + 2] = 1
-    lower = torch.full((batch, 1), 100.0, device=device)
-    upper = torch.full((batch, 1), 1700.0, device=device)
+    step = TrainStep(device, size=size, batch=batch, channels_last=channels_last, amp=amp, dtype=dtype,
+                     compile=compile)
     times = []
     for i in range(warmup + repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        with autocast(device, enabled=amp):
-            logits = forward(x)
-        logits = logits.float()
-        probs = torch.softmax(logits, 1)[:, 1:2]
-        loss = partial_cross_entropy(logits, targets) + 1e-2 * size_penalty(probs, lower, upper).mean() / (size * size)
-        loss.backward()
-        opt.step()
-        _sync(device)
+        ms = step()
         if i == 0 and first_step is not None:
-            first_step["s"] = time.perf_counter() - t0
+            first_step["s"] = ms / 1000
         if i >= warmup:
-            times.append((time.perf_counter() - t0) * 1000)
-    if compile and not forward.compiled:
-        raise RuntimeError(f"torch.compile failed: {forward.failure}")
+            times.append(ms)
+    step.check_compiled()
     return statistics.median(times)
 
 
