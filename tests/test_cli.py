@@ -144,6 +144,28 @@ def test_ema_decay_chooses_the_weights_saved(phantom_files, tmp_path):
     assert largest_difference(saved["0.95"], saved["0.2"]) > 1e-6  # 0.2 weighs the last steps more than the warm-up
 
 
+def test_resume_lr_factor_sets_the_learning_rate_a_continued_run_starts_at(phantom_files, tmp_path, capsys):
+    """A fresh run starts at --lr; --init continues at half of it by default, at --lr x F with --resume-lr-factor."""
+    from napari_sizeloss.checkpoint import load_checkpoint
+
+    d, image, gt, seeds = phantom_files
+    common = ["train", str(image), "--seeds", str(seeds), "--bounds", "20", "600", "--steps", "2", "--device", "cpu",
+              "--crop", "32", "--batch-size", "2", "--lr", "0.004"]
+    first = tmp_path / "first.ckpt"
+    firsts = {}
+    for name, extra in (("fresh", []), ("default", ["--init", str(first)]),
+                        ("quarter", ["--init", str(first), "--resume-lr-factor", "0.25"])):
+        capsys.readouterr()
+        assert main([*common, "--model", str(tmp_path / f"{name}.ckpt"), *extra]) == 0
+        if name == "fresh":
+            first.write_bytes((tmp_path / "fresh.ckpt").read_bytes())
+        firsts[name] = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("step 1/2"))
+    assert "lr 0.004 " in firsts["fresh"]
+    assert "lr 0.002 " in firsts["default"]
+    assert "lr 0.001 " in firsts["quarter"]
+    assert load_checkpoint(tmp_path / "quarter.ckpt").metadata["config"]["resume_lr_factor"] == 0.25
+
+
 def test_train_errors_leave_no_file(phantom_files, tmp_path, capsys):
     d, image, gt, seeds = phantom_files
     model = tmp_path / "m.ckpt"
@@ -158,6 +180,11 @@ def test_train_errors_leave_no_file(phantom_files, tmp_path, capsys):
         "absent clash": (base + ["--bounds", "5", "100", "--absent", "1"], "tagged"),
         "ema decay of 1": (base + ["--bounds", "5", "100", "--ema-decay", "1"], "--ema-decay"),
         "negative ema decay": (base + ["--bounds", "5", "100", "--ema-decay", "-0.5"], "--ema-decay"),
+        "resume factor without --init": (base + ["--bounds", "5", "100", "--resume-lr-factor", "0.25"], "--init"),
+        "resume factor above 1": (base + ["--bounds", "5", "100", "--init", str(d / "any.ckpt"),
+                                          "--resume-lr-factor", "2"], "(0, 1]"),
+        "resume factor of 0": (base + ["--bounds", "5", "100", "--init", str(d / "any.ckpt"),
+                                       "--resume-lr-factor", "0"], "(0, 1]"),
     }
     for name, (argv, needle) in cases.items():
         line = run_error(argv, capsys)

@@ -133,7 +133,7 @@ def _progress_printer(total: int | None, stream=None):
             dice = f"  dice {event.dice:.4f}" if event.dice is not None else ""
             print(
                 f"step {event.step}{total_s}  loss {event.loss:.4f}  ce {event.ce:.4f}  "
-                f"size {event.size:.4f}  {event.images_per_s:.1f} img/s{eta}{dice}",
+                f"size {event.size:.4f}  lr {event.lr:.2g}  {event.images_per_s:.1f} img/s{eta}{dice}",
                 file=stream,
                 flush=True,
             )
@@ -259,6 +259,12 @@ def cmd_train(args) -> int:
         if not 0 <= args.ema_decay < 1:
             raise CLIError(f"--ema-decay must be in [0, 1) (0: off, the default), got {args.ema_decay}")
         cfg_kwargs["ema_decay"] = args.ema_decay or None
+    if args.resume_lr_factor is not None:
+        if not args.init:
+            raise CLIError("--resume-lr-factor applies to a run that continues a checkpoint: add --init CKPT")
+        if not 0 < args.resume_lr_factor <= 1:
+            raise CLIError(f"--resume-lr-factor must be in (0, 1], got {args.resume_lr_factor}")
+        cfg_kwargs["resume_lr_factor"] = args.resume_lr_factor
     for name in ("lr", "batch_size", "crop"):
         value = getattr(args, name)
         if value is not None:
@@ -404,6 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--pred keeps every region the network predicts, also those no target dot touches "
                         "(default: only regions connected to a target dot; --paper keeps every region)")
     p.add_argument("--lr", type=float)
+    p.add_argument("--resume-lr-factor", type=float, metavar="F",
+                   help="with --init: continue the checkpoint's weights at --lr x F (default 0.5; --paper: 1); "
+                        "lower refines more gently")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--crop", type=int, help="smallest side (px) of the region around the dots; 0: whole slices")
     p.add_argument("--paper", action="store_true", help="the paper's protocol (batch 1, whole slices, lr halved every 100 epochs)")

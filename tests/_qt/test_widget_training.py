@@ -539,3 +539,23 @@ def test_corrected_slices_anchor_the_kept_regions_when_there_is_no_dot(viewer, w
     expected[:, :, 2, 1] = target[:, :, 2, 1] > 0
     assert expected.any()
     np.testing.assert_array_equal(anchors, expected)
+
+
+def test_continue_at_sets_the_learning_rate_of_a_continued_round(viewer, widget, qtbot):
+    """Advanced > Continue at: the first round starts at the learning rate, Train again at that times the factor."""
+    gt = viewer.layers["cine phantom ground truth"]
+    configure(widget, steps=2)
+    assert widget.settings.resume_lr.value() == 0.5  # TrainConfig.interactive()'s default, shown
+    widget.settings.lr.setValue(0.004)
+    add_dots(viewer, widget, gt)
+    set_bounds_from_truth(widget, gt)
+    assert widget.train()
+    wait_idle(qtbot, widget)
+    session = widget.session
+    assert session.history[0].lr == pytest.approx(0.004)
+    widget.settings.resume_lr.setValue(0.25)
+    assert widget.train()  # Train again: the same weights, continued
+    wait_idle(qtbot, widget)
+    assert widget.session is session and session.config.resume_lr_factor == 0.25
+    second = [e for e in session.history if e.kind.value == "step"][2]  # the second round's first step
+    assert second.lr == pytest.approx(0.001)
