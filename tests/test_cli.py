@@ -151,14 +151,12 @@ def test_resume_lr_factor_sets_the_learning_rate_a_continued_run_starts_at(phant
     d, image, gt, seeds = phantom_files
     common = ["train", str(image), "--seeds", str(seeds), "--bounds", "20", "600", "--steps", "2", "--device", "cpu",
               "--crop", "32", "--batch-size", "2", "--lr", "0.004"]
-    first = tmp_path / "first.ckpt"
+    first = tmp_path / "fresh.ckpt"  # the fresh run's model, which the other two continue
     firsts = {}
     for name, extra in (("fresh", []), ("default", ["--init", str(first)]),
                         ("quarter", ["--init", str(first), "--resume-lr-factor", "0.25"])):
         capsys.readouterr()
         assert main([*common, "--model", str(tmp_path / f"{name}.ckpt"), *extra]) == 0
-        if name == "fresh":
-            first.write_bytes((tmp_path / "fresh.ckpt").read_bytes())
         firsts[name] = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("step 1/2"))
     assert "lr 0.004 " in firsts["fresh"]
     assert "lr 0.002 " in firsts["default"]

@@ -262,8 +262,6 @@ def cmd_train(args) -> int:
     if args.resume_lr_factor is not None:
         if not args.init:
             raise CLIError("--resume-lr-factor applies to a run that continues a checkpoint: add --init CKPT")
-        if not 0 < args.resume_lr_factor <= 1:
-            raise CLIError(f"--resume-lr-factor must be in (0, 1], got {args.resume_lr_factor}")
         cfg_kwargs["resume_lr_factor"] = args.resume_lr_factor
     for name in ("lr", "batch_size", "crop"):
         value = getattr(args, name)
