@@ -2,6 +2,7 @@
 
 import math
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -35,7 +36,8 @@ def disc_volume(shape=(48, 40, 3, 2), radii=(9, 7, 5), seed=0):
 
 
 def small_config(**kw):
-    base = dict(steps=30, batch_size=4, crop=32, device="cpu", preview_every=0, seed=0)
+    base = dict(steps=30, batch_size=4, crop=32, device="cpu", preview_every=0, preview_interval_s=0.0,
+                seed=0)
     base.update(kw)
     return TrainConfig.interactive(**base)
 
@@ -115,6 +117,52 @@ def test_preview_of_requested_slice():
     assert len(previews) == 2
     assert (previews[0].z, previews[0].t) == (2, 1)
     assert previews[0].mask.shape == image.shape[:2] and previews[0].mask.dtype == np.uint8
+
+
+class SteppingClock:
+    """``time`` for the trainer whose ``perf_counter`` advances ``tick`` seconds per call."""
+
+    def __init__(self, tick: float) -> None:
+        self.now, self.tick = 1000.0, tick
+
+    def perf_counter(self) -> float:
+        self.now += self.tick
+        return self.now
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+
+def test_previews_keep_their_time_floor_apart_and_each_round_shows_one_at_once(monkeypatch):
+    """On a fast device every few steps would be many previews a second: the floor spaces them.
+
+    A fake clock makes the steps 'fast' (a few hundredths of a second each), so the
+    count does not depend on this machine's speed.
+    """
+    import napari_sizeloss.trainer as trainer
+
+    monkeypatch.setattr(trainer, "time", SteppingClock(0.01))
+    image, seeds, _ = disc_volume()
+
+    def preview_times(interval: float, steps: int = 40) -> list[float]:
+        session = TrainingSession(image, seeds, SizeBounds(20, 300),
+                                  config=small_config(steps=steps, preview_every=1, preview_interval_s=interval))
+        session.request_preview(1, 0)
+        return [e.elapsed_s for e in session.run() if e.preview is not None]
+
+    assert len(preview_times(0.0)) == 40  # no floor: every step, as preview_every asks
+    spaced = preview_times(0.25)
+    assert spaced[0] == min(spaced) and 2 <= len(spaced) < 40  # the round's first step shows one
+    assert all(b - a >= 0.25 for a, b in zip(spaced, spaced[1:]))
+    assert len(preview_times(3600.0)) == 1  # one per round even with a floor longer than the round
+    assert len(preview_times(3600.0, steps=3)) == 1  # ... and again in the next round
+
+
+def test_config_rejects_a_negative_preview_interval():
+    with pytest.raises(ValueError, match="preview_interval_s must be >= 0 seconds, got -1"):
+        TrainConfig(preview_interval_s=-1)
+    with pytest.raises(ValueError, match="preview_interval_s"):
+        TrainConfig(preview_interval_s=float("nan"))
 
 
 def test_tags_and_corrections_set_slice_bounds():

@@ -68,6 +68,10 @@ class TrainConfig:
     threads : torch CPU threads (None: leave torch's setting).
     seed : seeds the sampler, the augmentation and the network's initialisation.
     preview_every : steps between live previews of the requested slice.
+    preview_interval_s : and at least this many seconds between them (0: no
+        floor). A preview costs the training thread a forward pass of one
+        slice and the viewer a redraw; on a fast device every 10 steps would
+        be many a second (a GPU's 2 ms steps: 50), more than anyone can watch.
     validate_every : steps between validation Dice figures when ground truth is given.
     keep_connected : masks (:meth:`TrainingSession.predict`, the widget's
         prediction layer, ``train --pred``) keep only the predicted regions
@@ -101,6 +105,7 @@ class TrainConfig:
     threads: int | None = None
     seed: int = 0
     preview_every: int = 10
+    preview_interval_s: float = 1.0
     validate_every: int | None = None
     keep_connected: bool = True
 
@@ -125,6 +130,8 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
         if self.lr_decay not in (None, "cosine"):
             raise ValueError(f"unknown learning-rate decay {self.lr_decay!r}; choose cosine or None")
+        if not (self.preview_interval_s >= 0 and math.isfinite(self.preview_interval_s)):
+            raise ValueError(f"preview_interval_s must be >= 0 seconds, got {self.preview_interval_s}")
         if self.crop is not None and self.crop < 16:
             raise ValueError(f"crop must be at least 16 px, got {self.crop}")
 

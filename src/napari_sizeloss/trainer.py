@@ -433,6 +433,7 @@ class TrainingSession:
         step = 0
         last = None
         images_seen = 0
+        last_preview_s = -math.inf  # elapsed seconds of this round's last preview: its first eligible step shows one
         budget_s = cfg.minutes * 60.0 if cfg.steps is None else None
         while not self._stop.is_set():
             if cfg.steps is not None and step >= cfg.steps:
@@ -476,8 +477,10 @@ class TrainingSession:
             elif budget_s is not None:
                 eta = max(0.0, budget_s - elapsed)
             preview = None
-            if cfg.preview_every and step % cfg.preview_every == 0:
+            if (cfg.preview_every and step % cfg.preview_every == 0
+                    and elapsed - last_preview_s >= cfg.preview_interval_s):
                 preview = self._preview()
+                last_preview_s = elapsed
             dice = None
             kind = EventKind.STEP
             if cfg.validate_every and self._ground_truth is not None and step % cfg.validate_every == 0:

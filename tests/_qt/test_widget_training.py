@@ -559,3 +559,23 @@ def test_continue_at_sets_the_learning_rate_of_a_continued_round(viewer, widget,
     assert widget.session is session and session.config.resume_lr_factor == 0.25
     second = [e for e in session.history if e.kind.value == "step"][2]  # the second round's first step
     assert second.lr == pytest.approx(0.001)
+
+
+def test_preview_interval_spaces_the_live_previews_of_a_round(viewer, widget, qtbot):
+    """Advanced > Preview every N steps, >= S s apart: the floor reaches training and thins the previews."""
+    gt = viewer.layers["cine phantom ground truth"]
+    configure(widget, steps=6, preview_every=1)
+    assert widget.settings.preview_interval.value() == 1.0  # TrainConfig.interactive()'s default, shown
+    widget.settings.preview_interval.setValue(0.0)
+    add_dots(viewer, widget, gt)
+    set_bounds_from_truth(widget, gt)
+    assert widget.train()
+    wait_idle(qtbot, widget)
+    session = widget.session
+    assert session.config.preview_interval_s == 0.0
+    assert sum(e.preview is not None for e in session.history) == 6  # no floor: every step
+    widget.settings.preview_interval.setValue(60.0)
+    assert widget.train()  # Train again: 6 more steps, well within a minute
+    wait_idle(qtbot, widget)
+    assert widget.session is session and session.config.preview_interval_s == 60.0
+    assert sum(e.preview is not None for e in session.history[7:]) == 1  # the round's first step only

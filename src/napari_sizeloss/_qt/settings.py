@@ -112,7 +112,21 @@ class AdvancedSettings(QCollapsible):
         self.preview_every = QSpinBox()
         self.preview_every.setRange(1, 10_000)
         self.preview_every.setSuffix(" steps")
-        form.addRow("Preview every", self.preview_every)
+        self.preview_interval = QDoubleSpinBox()
+        self.preview_interval.setDecimals(1)
+        self.preview_interval.setRange(0.0, 60.0)
+        self.preview_interval.setSingleStep(0.5)
+        self.preview_interval.setPrefix("≥ ")
+        self.preview_interval.setSuffix(" s")
+        self.preview_interval.setToolTip(
+            "Live previews of the slice on screen come every this many steps and at least this many seconds "
+            "apart (0: no floor). Each costs training a forward pass of one slice and the window a redraw; "
+            "on a fast GPU every 10 steps would be dozens a second."
+        )
+        preview = QHBoxLayout()
+        preview.addWidget(self.preview_every, stretch=1)
+        preview.addWidget(self.preview_interval, stretch=1)
+        form.addRow("Preview every", preview)
 
         self.compile = QCheckBox("torch.compile (slow first round)")
         self.compile.setToolTip(
@@ -162,6 +176,7 @@ class AdvancedSettings(QCollapsible):
         self.batch_size.setValue(int(cfg.batch_size))
         self.augment.setChecked(bool(cfg.augment))
         self.preview_every.setValue(int(cfg.preview_every or 10))
+        self.preview_interval.setValue(float(cfg.preview_interval_s))
         self.compile.setChecked(bool(cfg.compile))
         self.device.clear()
         self.device.addItems(["auto", "cpu"])  # until the compute thread has looked
@@ -221,6 +236,7 @@ class AdvancedSettings(QCollapsible):
             "batch_size": int(self.batch_size.value()),
             "augment": bool(self.augment.isChecked()),
             "preview_every": int(self.preview_every.value()),
+            "preview_interval_s": float(self.preview_interval.value()),
             "compile": bool(self.compile.isChecked()),
             "compile_ahead": True,  # compile in a child process: the window stays responsive
             "keep_connected": bool(self.keep_connected.isChecked()),
