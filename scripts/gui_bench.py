@@ -13,6 +13,10 @@ throughputs and their ratio.
 Run under a virtual X server::
 
     xvfb-run -a python scripts/gui_bench.py [--steps 100] [--repeats 3] [--json]
+
+``--crop``, ``--batch``, ``--preview-every`` and ``--preview-interval`` set
+the Advanced panel as a user would (``--crop 32 --batch 1`` makes steps
+several times faster, as a faster machine would).
 """
 
 from __future__ import annotations
@@ -110,6 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", type=int, nargs=4, metavar=("X", "Y", "Z", "T"), default=None,
                         help="phantom shape (default: the demo's 192 168 10 20); e.g. 256 256 10 25 for the "
                              "cine size of the targets")
+    parser.add_argument("--crop", type=int, default=None, metavar="PX",
+                        help="Advanced > Crop (default: the widget's, 96); with --batch 1 and a small crop, steps "
+                             "are several times faster, as on a faster machine")
+    parser.add_argument("--batch", type=int, default=None, help="Advanced > Batch size (default: the widget's, 8)")
+    parser.add_argument("--preview-every", type=int, default=None, metavar="STEPS",
+                        help="Advanced > Preview every N steps (default: the widget's, 10); 0: no live previews")
+    parser.add_argument("--preview-interval", type=float, default=None, metavar="S",
+                        help="Advanced > Preview ... >= S s apart (default: the widget's, 1.0; 0: no floor)")
     args = parser.parse_args(argv)
     os.environ.setdefault("NAPARI_SIZELOSS_DATA_DIR", tempfile.mkdtemp(prefix="napari-sizeloss-bench-"))
 
@@ -153,6 +165,21 @@ def main(argv: list[str] | None = None) -> int:
     bounds = case.bounds.to_mm2(ph.spacing[:2]) if unit == "mm2" else case.bounds
     widget.bounds_panel.set_bounds(bounds.lower, bounds.upper)
     widget.settings.ensure_loaded()  # already, by the widget: it started loading torch
+    panel = widget.settings
+    if args.crop is not None:
+        panel.crop.setValue(args.crop)
+    if args.batch is not None:
+        panel.batch_size.setValue(args.batch)
+    if args.preview_every is not None:
+        panel.preview_every.setValue(args.preview_every or panel.preview_every.maximum())  # 0: none in a round
+    if args.preview_interval is not None:
+        panel.preview_interval.setValue(args.preview_interval)
+    panel_settings = {
+        "crop": int(panel.crop.value()) or None,
+        "batch": int(panel.batch_size.value()),
+        "preview_every": int(panel.preview_every.value()),
+        "preview_interval_s": float(panel.preview_interval.value()),
+    }
     meter = StallMeter()
 
     # The widget loads torch on its compute thread once it has an image, while a user places dots:
@@ -184,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     def timed_progress(event) -> None:
         kind = getattr(event.kind, "value", event.kind)
         marks.setdefault("first_step", time.perf_counter())
+        marks["previews"] = marks.get("previews", 0) + (getattr(event, "preview", None) is not None)
         if kind == "done":
             marks["done"] = time.perf_counter()
         on_progress(event)
@@ -198,8 +226,13 @@ def main(argv: list[str] | None = None) -> int:
 
     widget._on_worker_item = timed_item  # connected to the worker's signals when a job starts
 
+    previews: list[float] = []
+
     def train_round(steps: int) -> tuple[float, float, float]:
-        """Images/s of the round, the longest stall while steps ran, the longest at its start or end."""
+        """Images/s of the round, the longest stall while steps ran, the longest at its start or end.
+
+        Appends the round's live previews per second of steps to ``previews``.
+        """
         widget.settings.steps.setValue(steps)
         widget.session = None  # each round starts afresh, as the plain run below
         marks.clear()
@@ -212,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         meter.stop()
         first, done = marks.get("first_step", float("inf")), marks.get("done", float("inf"))
         during = meter.longest(first, done)
+        if done > first:
+            previews.append(marks.get("previews", 0) / (done - first))
         edges = max(meter.longest(end=first), meter.longest(start=done))
         return widget._last_round.get("images_per_s", 0.0), during, edges
 
@@ -257,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         "steps": args.steps,
         "repeats": args.repeats,
         "torch_threads": call(lambda: sys.modules["torch"].get_num_threads()),
+        **panel_settings,
+        "previews_per_s": round(statistics.median(previews[1:]), 2) if len(previews) > 1 else None,  # [0]: the press
         "gui_images_per_s": round(gui, 1),
         "cli_images_per_s": round(cli, 1),
         "gui_over_cli": round(gui / cli, 3),
@@ -279,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"training in the widget's worker: {gui:.1f} images/s (median of {args.repeats} rounds of {args.steps} steps)")
     print(f"same training without a GUI:     {cli:.1f} images/s")
     print(f"GUI / no GUI: {gui / cli:.2f}")
+    print(f"live previews: {result['previews_per_s']} a second (every {result['preview_every']} steps, "
+          f">= {result['preview_interval_s']} s apart; crop {result['crop']}, batch {result['batch']})")
     print(f"longest event-loop stall while steps run: {result['max_event_loop_stall_ms']} ms (median over rounds; worst {result['max_event_loop_stall_ms_worst']} ms)")
     print(f"longest stall at the start or end of a round (snapshot, whole-volume update): {result['round_start_end_stall_ms']} ms (median)")
     print(f"opening the widget on the image (the widget, its seeds and prediction layers): {open_ms:.0f} ms")
