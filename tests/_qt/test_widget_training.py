@@ -541,17 +541,22 @@ def test_corrected_slices_anchor_the_kept_regions_when_there_is_no_dot(viewer, w
     np.testing.assert_array_equal(anchors, expected)
 
 
+def first_round(viewer, widget, qtbot, gt):
+    """Click the dots, set the bounds from the truth, press Train and wait: the trained session."""
+    add_dots(viewer, widget, gt)
+    set_bounds_from_truth(widget, gt)
+    assert widget.train()
+    wait_idle(qtbot, widget)
+    return widget.session
+
+
 def test_continue_at_sets_the_learning_rate_of_a_continued_round(viewer, widget, qtbot):
     """Advanced > Continue at: the first round starts at the learning rate, Train again at that times the factor."""
     gt = viewer.layers["cine phantom ground truth"]
     configure(widget, steps=2)
     assert widget.settings.resume_lr.value() == 0.5  # TrainConfig.interactive()'s default, shown
     widget.settings.lr.setValue(0.004)
-    add_dots(viewer, widget, gt)
-    set_bounds_from_truth(widget, gt)
-    assert widget.train()
-    wait_idle(qtbot, widget)
-    session = widget.session
+    session = first_round(viewer, widget, qtbot, gt)
     assert session.history[0].lr == pytest.approx(0.004)
     widget.settings.resume_lr.setValue(0.25)
     assert widget.train()  # Train again: the same weights, continued
@@ -567,15 +572,13 @@ def test_preview_interval_spaces_the_live_previews_of_a_round(viewer, widget, qt
     configure(widget, steps=6, preview_every=1)
     assert widget.settings.preview_interval.value() == 1.0  # TrainConfig.interactive()'s default, shown
     widget.settings.preview_interval.setValue(0.0)
-    add_dots(viewer, widget, gt)
-    set_bounds_from_truth(widget, gt)
-    assert widget.train()
-    wait_idle(qtbot, widget)
-    session = widget.session
+    session = first_round(viewer, widget, qtbot, gt)
     assert session.config.preview_interval_s == 0.0
     assert sum(e.preview is not None for e in session.history) == 6  # no floor: every step
+    first = len(session.history)
     widget.settings.preview_interval.setValue(60.0)
     assert widget.train()  # Train again: 6 more steps, well within a minute
     wait_idle(qtbot, widget)
     assert widget.session is session and session.config.preview_interval_s == 60.0
-    assert sum(e.preview is not None for e in session.history[7:]) == 1  # the round's first step only
+    second = session.history[first:]
+    assert [e.step for e in second if e.preview is not None] == [1]  # the round's first step only
