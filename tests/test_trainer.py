@@ -159,7 +159,7 @@ def test_previews_keep_their_time_floor_apart_and_each_round_shows_one_at_once(m
 
 
 def test_config_rejects_a_negative_preview_interval():
-    with pytest.raises(ValueError, match="preview_interval_s must be >= 0 seconds, got -1"):
+    with pytest.raises(ValueError, match="preview_interval_s must be a finite number of seconds >= 0, got -1"):
         TrainConfig(preview_interval_s=-1)
     with pytest.raises(ValueError, match="preview_interval_s"):
         TrainConfig(preview_interval_s=float("nan"))
