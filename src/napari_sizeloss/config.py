@@ -131,7 +131,9 @@ class TrainConfig:
         if self.lr_decay not in (None, "cosine"):
             raise ValueError(f"unknown learning-rate decay {self.lr_decay!r}; choose cosine or None")
         if not (self.preview_interval_s >= 0 and math.isfinite(self.preview_interval_s)):
-            raise ValueError(f"preview_interval_s must be a finite number of seconds >= 0, got {self.preview_interval_s}")
+            raise ValueError(
+                f"preview_interval_s must be a finite number of seconds >= 0, got {self.preview_interval_s}"
+            )
         if self.crop is not None and self.crop < 16:
             raise ValueError(f"crop must be at least 16 px, got {self.crop}")
 
