@@ -226,13 +226,9 @@ def main(argv: list[str] | None = None) -> int:
 
     widget._on_worker_item = timed_item  # connected to the worker's signals when a job starts
 
-    previews: list[float] = []
-
-    def train_round(steps: int) -> tuple[float, float, float]:
-        """Images/s of the round, the longest stall while steps ran, the longest at its start or end.
-
-        Appends the round's live previews per second of steps to ``previews``.
-        """
+    def train_round(steps: int) -> tuple[float, float, float, float]:
+        """Images/s of the round, the longest stall while steps ran, the longest at its start or end,
+        and the live previews per second of steps."""
         widget.settings.steps.setValue(steps)
         widget.session = None  # each round starts afresh, as the plain run below
         marks.clear()
@@ -245,10 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         meter.stop()
         first, done = marks.get("first_step", float("inf")), marks.get("done", float("inf"))
         during = meter.longest(first, done)
-        if done > first:
-            previews.append(marks.get("previews", 0) / (done - first))
+        previews_per_s = marks.get("previews", 0) / (done - first) if done > first else float("nan")
         edges = max(meter.longest(end=first), meter.longest(start=done))
-        return widget._last_round.get("images_per_s", 0.0), during, edges
+        return widget._last_round.get("images_per_s", 0.0), during, edges, previews_per_s
 
     def plain_round(steps: int) -> float:
         """Images/s of the same request trained by a plain session, as ``napari-sizeloss train``.
@@ -270,16 +265,17 @@ def main(argv: list[str] | None = None) -> int:
 
     # the first press (the compute thread's first job; with Compile, the compile): timed apart
     run_until(lambda: False, timeout_s=1.0)  # napari draws the dots and layers, as while a user clicks
-    _, _, first_press_stall = train_round(2)
+    _, _, first_press_stall, _ = train_round(2)
     first_press_to_step = marks.get("first_step", float("nan")) - marks["press"]
     first_press_stalls = meter.count(100.0, end=marks.get("first_step", float("inf")))
     # from the worker's start to the first step: with Compile, the child's compile and the load
     ready, first = marks.get("ready", float("inf")), marks.get("first_step", float("inf"))
     compile_stall, compile_stalls = meter.longest(ready, first), meter.count(100.0, ready, first)
     # GUI and plain rounds alternate, so drift in the machine's speed hits both alike
-    gui_rates, cli_rates, stalls, edge_stalls = [], [], [], []
+    gui_rates, cli_rates, stalls, edge_stalls, previews = [], [], [], [], []
     for _ in range(args.repeats):
-        rate, stall, edge = train_round(args.steps)
+        rate, stall, edge, preview_rate = train_round(args.steps)
+        previews.append(preview_rate)
         gui_rates.append(rate)
         stalls.append(stall)
         edge_stalls.append(edge)
@@ -293,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "torch_threads": call(lambda: sys.modules["torch"].get_num_threads()),
         **panel_settings,
-        "previews_per_s": round(statistics.median(previews[1:]), 2) if len(previews) > 1 else None,  # [0]: the press
+        "previews_per_s": round(statistics.median(previews), 2),
         "gui_images_per_s": round(gui, 1),
         "cli_images_per_s": round(cli, 1),
         "gui_over_cli": round(gui / cli, 3),
