@@ -8,6 +8,7 @@ import torch
 
 from napari_sizeloss.losses import (
     IGNORE_INDEX,
+    check_target_range,
     log_barrier,
     log_barrier_penalty,
     partial_cross_entropy,
@@ -183,6 +184,18 @@ def test_partial_ce_rejects_bad_inputs():
         partial_cross_entropy(logits, torch.zeros(1, 3, 3, dtype=torch.int64), weight=torch.ones(3, 3))
     with pytest.raises(ValueError, match="logits"):
         partial_cross_entropy(torch.zeros(2, 3, 3), torch.zeros(1, 3, 3, dtype=torch.int64))
+
+
+def test_target_range_check_names_the_range_on_host_and_tensor_targets():
+    for bad in (np.array([[0, 3]]), torch.tensor([[-2, 1]])):
+        with pytest.raises(ValueError, match=r"targets must lie in \[-1, 2\] for 3 classes"):
+            check_target_range(bad, 3)
+    check_target_range(np.array([[-1, 2]]), 3)
+    check_target_range(torch.zeros(0, dtype=torch.int64), 3)  # nothing to check
+    # a caller that checked its targets on the host skips the device read-back
+    logits = torch.zeros(1, 2, 1, 2)
+    targets = torch.tensor([[[1, -1]]])
+    assert partial_cross_entropy(logits, targets, check_targets=False).item() == pytest.approx(math.log(2))
 
 
 # ------------------------------------------------------------ size penalty

@@ -66,6 +66,37 @@ def test_events_and_budget():
     assert session.total_steps_done == 5
 
 
+class HostReadbacks(torch.overrides.TorchFunctionMode):
+    """Counts the tensor methods that copy a result to the host (each waits for a GPU)."""
+
+    NAMES = ("__float__", "__int__", "__bool__", "__index__", "item", "tolist", "cpu")
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in self.NAMES:
+            self.calls.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_training_step_reads_back_from_the_device_once():
+    image, seeds, _ = disc_volume()
+    session = TrainingSession(image, seeds, SizeBounds(20, 300), config=small_config(steps=4))
+    events = session.run()
+    first = next(events)
+    with HostReadbacks() as readbacks:
+        steps = [next(events) for _ in range(3)]
+    assert readbacks.calls == ["cpu"] * 3
+    # the one copy still carries every figure of the event
+    for event in (first, *steps):
+        assert np.isfinite(event.loss) and event.loss == pytest.approx(event.ce + event.size, rel=1e-6)
+        h, w = session.roi.shape
+        assert event.sizes.shape == (4,) and np.all((event.sizes > 0) & (event.sizes < h * w))
+
+
 def test_size_term_is_normalised_quadratic_penalty():
     image, seeds, _ = disc_volume()
     session = TrainingSession(image, seeds, SizeBounds(50, 60), config=small_config())

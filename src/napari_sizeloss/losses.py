@@ -39,6 +39,7 @@ __all__ = [
     "IGNORE_INDEX",
     "seeds_to_targets",
     "partial_cross_entropy",
+    "check_target_range",
     "soft_size",
     "size_penalty",
     "log_barrier",
@@ -86,10 +87,33 @@ def seeds_to_targets(seeds: torch.Tensor | np.ndarray) -> torch.Tensor:
 
 
 # ------------------------------------------------------------ cross-entropy
+def check_target_range(targets: torch.Tensor | np.ndarray, n_classes: int) -> None:
+    """Raise ValueError unless every target lies in ``[IGNORE_INDEX, n_classes)``.
+
+    One reduction read back to the host: free for host arrays, one wait for
+    the device for a GPU tensor.
+    """
+    if isinstance(targets, np.ndarray):
+        if not targets.size:
+            return
+        low, high = int(targets.min()), int(targets.max())
+    else:
+        if not targets.numel():
+            return
+        low, high = (int(v) for v in torch.stack(torch.aminmax(targets.to(torch.int64))).cpu())
+    if low < IGNORE_INDEX or high >= n_classes:
+        raise ValueError(
+            f"targets must lie in [{IGNORE_INDEX}, {n_classes - 1}] for {n_classes} classes; "
+            f"got values in [{low}, {high}]"
+        )
+
+
 def partial_cross_entropy(
     logits: torch.Tensor,
     targets: torch.Tensor,
     weight: torch.Tensor | None = None,
+    *,
+    check_targets: bool = True,
 ) -> torch.Tensor:
     """Cross-entropy on the labelled pixels only, one mean over the batch.
 
@@ -109,6 +133,12 @@ def partial_cross_entropy(
         Non-negative per-pixel weight (e.g. to balance dots against the
         pixels of fully labelled correction slices). Weights of unlabelled
         pixels are ignored.
+    check_targets : bool, default True
+        Check that every target lies in ``[-1, C)``. On a GPU the check reads
+        the targets' range back to the host, which waits for the device; a
+        caller that has checked its targets on the host before sending them
+        (the trainer does) passes False. An unchecked out-of-range target is
+        undefined behaviour of ``gather``, so keep the default otherwise.
 
     Returns
     -------
@@ -129,12 +159,9 @@ def partial_cross_entropy(
         raise ValueError(f"targets shape {tuple(targets.shape)} does not match logits (B, H, W) = {(B, H, W)}")
     if weight is not None and tuple(weight.shape) != (B, H, W):
         raise ValueError(f"weight shape {tuple(weight.shape)} does not match logits (B, H, W) = {(B, H, W)}")
+    if check_targets:
+        check_target_range(targets, C)
     targets = targets.to(device=logits.device, dtype=torch.int64)
-    if targets.numel() and (int(targets.min()) < IGNORE_INDEX or int(targets.max()) >= C):
-        raise ValueError(
-            f"targets must lie in [{IGNORE_INDEX}, {C - 1}] for {C} classes; "
-            f"got values in [{int(targets.min())}, {int(targets.max())}]"
-        )
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
 

@@ -68,7 +68,7 @@ from .device import (
     uses_channels_last,
 )
 from .inference import FOLD_MIN_PIXELS, inference_model
-from .losses import log_barrier, partial_cross_entropy, size_penalty
+from .losses import check_target_range, log_barrier, partial_cross_entropy, size_penalty
 from .metrics import dice_3d
 from .network import ENet
 from .weak_labels import SEED_BACKGROUND, SEED_TARGET, SeedsError, validate_seeds
@@ -371,6 +371,8 @@ class TrainingSession:
                 img, tgt = augment_pair(img, tgt, self._rng)
             images[i, 0] = img
             targets[i] = tgt
+        # checked here, on the host, so the loss need not read the range back from a GPU
+        check_target_range(targets, 2)
         lower = torch.from_numpy(self._lower[zt[:, 0], zt[:, 1]])
         upper = torch.from_numpy(self._upper[zt[:, 0], zt[:, 1]])
         return torch.from_numpy(images), torch.from_numpy(targets), lower, upper
@@ -380,7 +382,7 @@ class TrainingSession:
         labelled = targets >= 0
         per_slice = labelled.sum(dim=(1, 2), keepdim=True).clamp(min=1)
         weight = labelled.float() / per_slice
-        ce = partial_cross_entropy(logits, targets, weight=weight)
+        ce = partial_cross_entropy(logits, targets, weight=weight, check_targets=False)
         probs = torch.softmax(logits, dim=1)[:, 1:2]
         sizes = probs.sum(dim=(2, 3))
         if self.config.penalty == "quadratic":
@@ -467,6 +469,9 @@ class TrainingSession:
                     loss.backward()
                     opt.step()
             self._update_average()
+            # one device-to-host copy per step (each read back would wait for the GPU)
+            readout = torch.cat([torch.stack([loss.detach(), ce.detach(), size.detach()]).float(),
+                                 sizes.detach().float()]).cpu().numpy()
             step += 1
             self.total_steps_done += 1
             images_seen += x.shape[0]
@@ -494,11 +499,11 @@ class TrainingSession:
                 elapsed_s=elapsed,
                 eta_s=eta,
                 lr=lr,
-                loss=float(loss.detach()),
-                ce=float(ce.detach()),
-                size=float(size.detach()),
+                loss=float(readout[0]),
+                ce=float(readout[1]),
+                size=float(readout[2]),
                 images_per_s=images_seen / elapsed if elapsed > 0 else 0.0,
-                sizes=sizes.detach().float().cpu().numpy(),
+                sizes=readout[3:],
                 lower=lower.numpy(),
                 upper=upper.numpy(),
                 dice=dice,
