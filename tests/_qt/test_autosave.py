@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -133,3 +135,64 @@ def test_unreadable_autosave_is_ignored(tmp_path):
     bad.write_bytes(b"not an npz")
     assert autosave.load_work(bad) is None
     assert autosave.load_work(tmp_path / "missing.npz") is None
+
+
+class _SlowDisk:
+    """Stands in for ``save_work``: each write waits until released, and is recorded."""
+
+    def __init__(self, real_save):
+        self.real_save = real_save
+        self.release = threading.Event()
+        self.started = threading.Event()
+        self.written: list[tuple[str, str]] = []  # (file name, fingerprint) in write order
+
+    def __call__(self, path, work):
+        self.started.set()
+        assert self.release.wait(10), "the test never released the write"
+        self.written.append((path.name, work.fingerprint))
+        return self.real_save(path, work)
+
+
+def test_writer_returns_at_once_and_writes_only_the_newest_work_per_file(tmp_path, monkeypatch):
+    disk = _SlowDisk(autosave.save_work)
+    monkeypatch.setattr(autosave, "save_work", disk)
+    writer = autosave.AutosaveWriter()
+    a, b = tmp_path / "a.sizeloss.npz", tmp_path / "b.sizeloss.npz"
+    fallback = tmp_path / "fallback.npz"
+
+    first = writer.submit(a, _work("a1"), fallback)
+    assert disk.started.wait(5)  # a1 is being written, and the submitter did not wait for it
+    assert writer.busy and not first.done()
+    later = [writer.submit(a, _work(f"a{i}"), fallback) for i in (2, 3)]
+    other = writer.submit(b, _work("b1"), fallback)
+    newest = writer.submit(a, _work("a4"), fallback)
+    assert not any(f.done() for f in (*later, other, newest))
+
+    disk.release.set()
+    assert writer.flush(timeout=10) and not writer.busy
+    # a2 and a3 were superseded before they started; b1 keeps its place before a's newest
+    assert disk.written == [("a.sizeloss.npz", "a1"), ("b.sizeloss.npz", "b1"), ("a.sizeloss.npz", "a4")]
+    assert first.result() == a and newest.result() == a and other.result() == b
+    assert all(f.result() == a for f in later)  # the superseded saves report the save that replaced them
+    assert autosave.load_work(a).fingerprint == "a4" and autosave.load_work(b).fingerprint == "b1"
+    assert not fallback.exists()
+    assert writer.writes == 3
+
+
+def test_writer_hands_a_failed_write_to_the_submitter_and_keeps_going(tmp_path, monkeypatch):
+    real_save = autosave.save_work
+
+    def save(path, work):
+        if work.fingerprint == "bad":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_save(path, work)
+
+    monkeypatch.setattr(autosave, "save_work", save)
+    writer = autosave.AutosaveWriter()
+    failed = writer.submit(tmp_path / "x.npz", _work("bad"), tmp_path / "y.npz")
+    with pytest.raises(PermissionError, match="Permission denied"):
+        failed.result(timeout=10)
+    ok = writer.submit(tmp_path / "x.npz", _work("good"), tmp_path / "y.npz")
+    assert ok.result(timeout=10) == tmp_path / "x.npz"
+    assert writer.flush(timeout=10)
+    assert autosave.load_work(tmp_path / "x.npz").fingerprint == "good"

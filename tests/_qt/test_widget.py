@@ -218,6 +218,78 @@ def test_work_is_autosaved_and_offered_back(make_napari_viewer, small_phantom, q
     assert not widget3.restore_box.isVisibleTo(widget3)
 
 
+def _blocked_disk(monkeypatch):
+    """Makes every autosave write wait until ``release`` is set (a slow or network disk)."""
+    import threading
+
+    from napari_sizeloss._qt import autosave
+
+    real_save = autosave.save_work
+    started, release = threading.Event(), threading.Event()
+
+    def save(path, work):
+        started.set()
+        assert release.wait(20), "the test never released the write"
+        return real_save(path, work)
+
+    monkeypatch.setattr(autosave, "save_work", save)
+    return started, release
+
+
+def test_the_autosave_never_holds_up_the_window_and_closing_waits_for_it(
+    viewer, widget, small_phantom, qtbot, monkeypatch
+):
+    import threading
+    import time
+
+    from napari_sizeloss._qt import autosave
+
+    started, release = _blocked_disk(monkeypatch)
+    show_slice(viewer, viewer.layers["cine phantom"], z=2, t=1)
+    y, x = lv_centre(viewer.layers[small_phantom[1][1]["name"]], z=2, t=1)
+    click(viewer, widget.seeds_layer, y, x)
+    # the timer's save starts while the event loop keeps running (on the GUI thread it would hang here)
+    qtbot.waitUntil(started.is_set, timeout=5000)
+    t0 = time.perf_counter()
+    qtbot.wait(100)
+    assert time.perf_counter() - t0 < 2.0 and widget._autosave_writer.busy
+    path = widget.autosave_path()
+    assert autosave.load_work(path) is None  # nothing on disk yet
+
+    # closing waits for the write in progress (and the newer dot queued behind it)
+    click(viewer, widget.seeds_layer, y + 2, x)
+    threading.Timer(0.3, release.set).start()
+    widget.shutdown()
+    assert not widget._autosave_writer.busy
+    saved = autosave.load_work(path)
+    np.testing.assert_allclose(saved.points, [[1, 2, y, x], [1, 2, y + 2, x]])
+
+
+def test_a_failed_background_autosave_is_reported_in_the_status_line(viewer, widget, small_phantom, qtbot, monkeypatch):
+    import threading
+
+    from napari_sizeloss._qt import autosave
+
+    def save(path, work):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(autosave, "save_work", save)
+    threads = []
+    message = widget._message
+    def recording(*args, **kwargs):
+        threads.append(threading.current_thread())
+        message(*args, **kwargs)
+
+    monkeypatch.setattr(widget, "_message", recording)
+    show_slice(viewer, viewer.layers["cine phantom"], z=2, t=1)
+    y, x = lv_centre(viewer.layers[small_phantom[1][1]["name"]], z=2, t=1)
+    click(viewer, widget.seeds_layer, y, x)
+    qtbot.waitUntil(lambda: "autosave failed" in widget.status.text(), timeout=5000)
+    assert threads and all(t is threading.main_thread() for t in threads)  # widgets are touched on the GUI thread only
+    assert "Permission denied" in widget.status.text() and "still in the seeds layer" in widget.status.text()
+    assert len(widget.seeds_layer.data) == 1  # the dot itself is kept
+
+
 def test_export_before_any_prediction_is_refused(widget, tmp_path):
     assert widget.export_masks(str(tmp_path / "mask.nii.gz")) is None
     assert "nothing to export" in widget.status.text()

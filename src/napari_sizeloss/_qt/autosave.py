@@ -13,7 +13,9 @@ Where
 
 Each file records a fingerprint of the image (shape and a hash of a strided
 sample of its voxels), so saved work is offered back only for the same image.
-Writes are atomic (temporary file, then rename). Qt-free and torch-free.
+Writes are atomic (temporary file, then rename). :class:`AutosaveWriter`
+writes them on a background thread, so a slow or network disk never holds up
+the window. Qt-free and torch-free.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
 import time
 import zipfile
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -228,3 +232,79 @@ def write_with_fallback(path: Path, work: SavedWork, fallback: Path) -> Path:
         if Path(fallback) == Path(path):
             raise
         return save_work(fallback, work)
+
+
+class AutosaveWriter:
+    """Writes autosaves one at a time on a background thread.
+
+    An autosave compresses the corrections and syncs the file to disk:
+    milliseconds on a local disk, but seconds on a slow or network one, which
+    the window must not wait for. :meth:`submit` hands a snapshot of the work
+    over and returns at once; the write happens on a thread of its own.
+
+    * A save that has not started yet is replaced by a newer save of the same
+      file (only the newest work matters; both submitters' futures get the
+      newer save's outcome). Saves of different files keep their order.
+    * The thread lives only while there is something to write, and is not a
+      daemon: a write that has started finishes even when the interpreter is
+      exiting, so the file is never left behind the user's last change by a
+      write cut off half way (and :func:`save_work` is atomic anyway).
+    * :meth:`flush` waits until everything submitted is on disk.
+
+    The caller must not change a submitted :class:`SavedWork`'s arrays.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        # path -> (work, fallback, futures), oldest first
+        self._pending: dict[Path, tuple[SavedWork, Path, list[Future]]] = {}
+        self._thread: threading.Thread | None = None
+        self.writes = 0  # saves written (or failed) so far
+
+    def submit(self, path: Path, work: SavedWork, fallback: Path) -> Future:
+        """Queue ``work`` for :func:`write_with_fallback`; the future's result is where it went."""
+        future: Future = Future()
+        future.set_running_or_notify_cancel()
+        path = Path(path)
+        with self._cond:
+            superseded = self._pending.pop(path, None)
+            futures = (superseded[2] if superseded else []) + [future]
+            self._pending[path] = (work, Path(fallback), futures)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._drain, name="napari-sizeloss autosave")
+                self._thread.start()
+        return future
+
+    def _drain(self) -> None:
+        while True:
+            with self._cond:
+                if not self._pending:
+                    self._thread = None
+                    self._cond.notify_all()
+                    return
+                path = next(iter(self._pending))
+                work, fallback, futures = self._pending.pop(path)
+            try:
+                written = write_with_fallback(path, work, fallback)
+            except BaseException as exc:  # handed to the submitter, never lost in this thread
+                outcome = (None, exc)
+            else:
+                outcome = (written, None)
+            with self._cond:
+                self.writes += 1
+            for future in futures:
+                if outcome[1] is None:
+                    future.set_result(outcome[0])
+                else:
+                    future.set_exception(outcome[1])
+
+    @property
+    def busy(self) -> bool:
+        """Whether a save is queued or being written."""
+        with self._cond:
+            return self._thread is not None
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every submitted save is written; False when ``timeout`` (seconds) ran out first."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._thread is None, timeout)

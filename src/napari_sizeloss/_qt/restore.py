@@ -1,13 +1,16 @@
 """Autosave and restore of the user's work, widget side (storage: :mod:`.autosave`).
 
 Mixed into :class:`~napari_sizeloss._qt.widget.SizeLossWidget`: dots, tags,
-corrections and bounds are written a second after each change (and when the
-widget is hidden or closed), and offered back, in a banner, when the same
-image is chosen again.
+corrections and bounds are written a second after each change, on the
+background writer (:class:`.autosave.AutosaveWriter`) so a slow disk never
+holds up the window; when the widget is hidden or closed it waits for the
+write. Saved work is offered back, in a banner, when the same image is chosen
+again.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +33,7 @@ class AutosaveMixin:
         points = np.zeros((0, self.geometry.layer_ndim))
         kinds: list[str] = []
         if isinstance(self.seeds_layer, Points):
-            points = np.asarray(self.seeds_layer.data, dtype=float)
+            points = np.array(self.seeds_layer.data, dtype=float)  # a copy: the writer thread reads it later
             kinds = dot_kinds(self.seeds_layer)
         else:  # dots are not in a Points layer now (removed, or a labels seeds layer): keep the saved ones
             previous = autosave.load_work(self.autosave_path())
@@ -54,8 +57,8 @@ class AutosaveMixin:
             return None
         return autosave.autosave_path(self.geometry.source_path, self.geometry.name, self._fingerprint)
 
-    def autosave_now(self) -> Path | None:
-        """Write dots, tags, corrections and bounds now; returns the file (None when nothing to save)."""
+    def _submit_autosave(self) -> Future | None:
+        """Snapshot the work and hand it to the background writer (None when there is nothing to save)."""
         self._autosave_timer.stop()
         if self.geometry is None or self.supervision is None:
             return None
@@ -65,16 +68,56 @@ class AutosaveMixin:
         path = self.autosave_path()
         if self._pending_work is not None and not self._backed_up:
             # new work while the offer is still open: keep the offered file aside
+            # (after any write in progress, which could otherwise land on it afterwards)
+            self._autosave_writer.flush()
             offered = self._pending_work[0]
             if offered.exists():
                 offered.replace(offered.with_name(offered.name.replace(".npz", ".previous.npz")))
             self._backed_up = True
         fallback = autosave.user_autosave_path(self.geometry.source_path, self.geometry.name, self._fingerprint)
-        try:
-            return autosave.write_with_fallback(path, work, fallback)
-        except OSError as exc:
-            self._message(f"autosave failed ({exc}); your dots are still in the seeds layer", "warning", notify=False)
+        return self._autosave_writer.submit(path, work, fallback)
+
+    def autosave_now(self) -> Path | None:
+        """Write dots, tags, corrections and bounds and wait for the write (and any before it).
+
+        Returns the file, or None when there is nothing to save or the write
+        failed (the status line says why).
+        """
+        future = self._submit_autosave()
+        if future is None:
             return None
+        try:
+            return future.result()
+        except OSError as exc:
+            self._report_autosave_failure(str(exc))
+            return None
+
+    def autosave_in_background(self) -> Future | None:
+        """Hand dots, tags, corrections and bounds to the background writer and return at once.
+
+        What the autosave timer runs. A failure reaches the status line
+        through :attr:`autosave_failed`. Returns the write's future (None when
+        there is nothing to save).
+        """
+        future = self._submit_autosave()
+        if future is not None:
+            future.add_done_callback(self._background_autosave_done)
+        return future
+
+    def _background_autosave_done(self, future: Future) -> None:
+        # runs on the writer thread: only a queued signal may reach the widget
+        exc = future.exception()
+        if exc is None or self._closed:
+            return
+        try:
+            self.autosave_failed.emit(str(exc))
+        except RuntimeError:  # the widget was deleted meanwhile
+            pass
+
+    def _report_autosave_failure(self, reason: str) -> None:
+        if not self._closed:
+            text = f"autosave failed ({reason}); your dots are still in the seeds layer"
+            self._message(text, "warning", notify=False)
 
     def _offer_saved_work(self) -> None:
         found = autosave.find_saved_work(self.geometry.source_path, self.geometry.name, self._fingerprint)

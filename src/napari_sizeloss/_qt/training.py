@@ -316,7 +316,7 @@ class TrainingMixin:
         self._message(f"{n} corrected slice(s) will be used as full supervision", notify=False)
         self._admit_corrected_areas()
         self._refresh_views()
-        self.autosave_now()
+        self.autosave_in_background()
         return self.train()
 
     def _admit_corrected_areas(self) -> None:

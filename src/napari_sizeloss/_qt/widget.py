@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from qtpy.QtCore import QEvent, Qt, QTimer
+from qtpy.QtCore import QEvent, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -71,6 +71,9 @@ class SizeLossWidget(AnnotationMixin, TrainingMixin, ModelIOMixin, AutosaveMixin
         Plugins menu).
     """
 
+    #: An autosave written in the background failed (the reason); delivered on the GUI thread.
+    autosave_failed = Signal(str)
+
     def __init__(self, napari_viewer) -> None:
         super().__init__()
         # napari hands plugins a proxy that inspects the call stack on every
@@ -93,11 +96,13 @@ class SizeLossWidget(AnnotationMixin, TrainingMixin, ModelIOMixin, AutosaveMixin
         self._fingerprint: str | None = None
         self._pending_work: tuple[Path, autosave.SavedWork] | None = None
         self._backed_up = False
+        self._autosave_writer = autosave.AutosaveWriter()
         self._last_round: dict[str, Any] = {}
         self._volume_notes: list[str] = []
         self.last_error: str | None = None
         self._job_failed = False
         self._build()
+        self.autosave_failed.connect(self._report_autosave_failure)
         self._connect_viewer()
         self._refresh_layer_choices()
         self._update_buttons()
@@ -244,7 +249,7 @@ class SizeLossWidget(AnnotationMixin, TrainingMixin, ModelIOMixin, AutosaveMixin
         self._autosave_timer = QTimer(self)
         self._autosave_timer.setSingleShot(True)
         self._autosave_timer.setInterval(autosave.AUTOSAVE_DELAY_MS)
-        self._autosave_timer.timeout.connect(self.autosave_now)
+        self._autosave_timer.timeout.connect(self.autosave_in_background)
         self._refresh_timer = QTimer(self)
         self._refresh_timer.setSingleShot(True)
         self._refresh_timer.setInterval(REFRESH_DELAY_MS)
@@ -362,7 +367,7 @@ class SizeLossWidget(AnnotationMixin, TrainingMixin, ModelIOMixin, AutosaveMixin
     def _set_image(self, layer) -> None:
         """Make ``layer`` the image to segment: geometry, bounds, seeds and prediction layers, saved work."""
         if self.geometry is not None:
-            self.autosave_now()
+            self.autosave_in_background()  # the snapshot is taken now; the disk is not waited for
         self.image_layer = None
         self.chosen_layer = layer
         self.geometry = None
@@ -496,6 +501,7 @@ class SizeLossWidget(AnnotationMixin, TrainingMixin, ModelIOMixin, AutosaveMixin
                 pass
         try:
             self.autosave_now()
+            self._autosave_writer.flush()  # also when there was nothing new to save
         except Exception:  # never block closing
             pass
         self._closed = True
@@ -512,8 +518,10 @@ class SizeLossWidget(AnnotationMixin, TrainingMixin, ModelIOMixin, AutosaveMixin
 
     def hideEvent(self, event) -> None:
         # the viewer closing hides its docks first: make sure nothing is lost
-        if not self._closed and self._autosave_timer.isActive():
-            self.autosave_now()
+        if not self._closed:
+            if self._autosave_timer.isActive():
+                self.autosave_now()
+            self._autosave_writer.flush()
         super().hideEvent(event)
 
     def closeEvent(self, event) -> None:
