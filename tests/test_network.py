@@ -258,6 +258,30 @@ def test_channels_last_gives_the_same_logits():
     assert torch.allclose(out, ref, atol=1e-5)
 
 
+def test_channels_last_model_keeps_every_activation_channels_last():
+    """Laid out channels-last, every activation stays so, also when the
+    one-channel input comes the usual PyTorch way (``contiguous`` leaves its
+    strides NCHW): concatenated with the initial convolution, its pooled copy
+    once made the whole trunk NCHW (each convolution then copied its input).
+    """
+    model = _eval_model().train().to(memory_format=torch.channels_last)
+    layouts = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            if isinstance(output, torch.Tensor) and output.dim() == 4 and output.shape[1] > 1:
+                layouts[name] = output.is_contiguous(memory_format=torch.channels_last) and not output.is_contiguous()
+        return hook
+
+    for name, module in model.named_modules():
+        if name:
+            module.register_forward_hook(record(name))
+    model(torch.rand(2, 1, 64, 48).contiguous(memory_format=torch.channels_last))
+    assert len(layouts) > 50
+    nchw = [name for name, cl in layouts.items() if not cl]
+    assert not nchw, f"{len(nchw)} of {len(layouts)} activations not channels-last, first {nchw[:3]}"
+
+
 def test_bfloat16_autocast_on_cpu_matches_float32():
     """Under autocast the max-unpooling indices still fit the tensors they index:
     the logits agree with float32 up to bfloat16 rounding, and training works."""

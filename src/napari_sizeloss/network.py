@@ -139,6 +139,20 @@ def with_torch_prelu(model: nn.Module) -> nn.Module:
     return model
 
 
+def _truly_channels_last(x: torch.Tensor) -> bool:
+    """Whether ``x`` is laid out channels-last and not also plain contiguous.
+
+    A one-channel (or 1x1) tensor can count as both, and ``torch.cat`` of a
+    channels-last tensor with such a one can make an NCHW result. A one-channel
+    input made the usual way, ``x.contiguous(memory_format=torch.channels_last)``
+    (a no-op on its strides), left the initial block's pooled copy so, and the
+    trunk of a channels-last model then ran NCHW: each branch's convolution
+    copied its input and each residual sum mixed layouts, a 256x256 training
+    step about 1.27x slower (``scripts/layout_bench.py --only input``).
+    """
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
 def _bn_prelu(channels: int) -> nn.Sequential:
     """Batch normalisation followed by a per-channel PReLU."""
     return nn.Sequential(nn.BatchNorm2d(channels), PReLU(channels))
@@ -162,6 +176,8 @@ class InitialBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.conv(x)
         pool = self.pool(x).to(conv.dtype)  # autocast: the conv may run in half precision
+        if _truly_channels_last(conv):
+            pool = pool.to(memory_format=torch.channels_last)  # see _truly_channels_last
         return self.norm_act(torch.cat([conv, pool], dim=1))
 
 
