@@ -795,6 +795,8 @@ def predict_volume(
     Returns
     -------
     ndarray float32, ``image``'s shape
+        A view of a slice-major buffer: each ``(X, Y)`` slice is contiguous
+        in memory (not C order over the whole volume).
 
     Notes
     -----
@@ -819,9 +821,13 @@ def predict_volume(
         fill = _normalised_minimum(image4, normalisation)
     # the part of the box inside the image, in image and in box coordinates
     sx0, sx1, sy0, sy1 = max(box.x0, 0), min(box.x1, X), max(box.y0, 0), min(box.y1, Y)
-    out = np.zeros((X, Y, N), dtype=np.float32)  # zero outside the box
+    # slice-major (each slice's (X, Y) plane contiguous), so each batch lands in one
+    # contiguous copy; scattering it into an (X, Y, N) array, slice index fastest, cost
+    # 0.23 s of a 256x256x10x25 cine's 3.1 s. Returned as an (X, Y, Z, T) view.
+    out = np.zeros((N, X, Y), dtype=np.float32)  # zero outside the box
+    volume = out.transpose(1, 2, 0).reshape(X, Y, Z, T)  # a view (n = z * T + t)
     if sx1 <= sx0 or sy1 <= sy0:
-        return from_4d(out.reshape(X, Y, Z, T), ndim)  # the box misses the image
+        return from_4d(volume, ndim)  # the box misses the image
     bx0, bx1, by0, by1 = sx0 - box.x0, sx1 - box.x0, sy0 - box.y0, sy1 - box.y0
     source = image4.reshape(X, Y, N)  # slice n = z * T + t; a view unless image is not C-ordered
     if batch_size is None:
@@ -855,8 +861,8 @@ def predict_volume(
         with autocast(device, enabled=amp):
             logits = net(x)
         probs = torch.softmax(logits[:n].float(), dim=1)[:, 1].cpu().numpy()  # (n, h, w)
-        out[sx0:sx1, sy0:sy1, start : start + n] = probs[:, bx0:bx1, by0:by1].transpose(1, 2, 0)
-    return from_4d(out.reshape(X, Y, Z, T), ndim)
+        out[start : start + n, sx0:sx1, sy0:sy1] = probs[:, bx0:bx1, by0:by1]
+    return from_4d(volume, ndim)
 
 
 def _normalised_minimum(image: np.ndarray, normalisation: dict | None) -> float:
