@@ -17,7 +17,14 @@ per slice (pages the kernel had to hand out afresh). The first case is the
 setting before this project tuned prediction (glibc's defaults, no folding,
 25 slices per batch), the last the current default.
 
+With ``--train`` it times training steps instead (``bench.TrainStep``,
+channels-last, as the trainer runs them: 256x256 at batch 1 and 96x96 crops
+at batch 8), glibc's allocator ``default`` against ``tuned``, which a
+``TrainingSession`` has done when it starts since 2026-12-06 (before, only
+the first prediction tuned it).
+
     python scripts/alloc_bench.py [--rounds 3] [--thread compute|main]
+    python scripts/alloc_bench.py --train [--rounds 3]
 """
 
 from __future__ import annotations
@@ -61,6 +68,48 @@ def _run_case(fold: bool, batch: int, on_compute_thread: bool) -> dict:
     return call(work) if on_compute_thread else work()
 
 
+def _run_train_case(size: int, batch: int) -> dict:
+    """Median step time (ms) and page faults per step of 20 steps after 5, in this process."""
+    import resource
+    import statistics
+
+    from napari_sizeloss.allocator import allocator_tuned
+    from napari_sizeloss.bench import TrainStep
+
+    step = TrainStep("cpu", size=size, batch=batch, channels_last=True)
+    for _ in range(5):
+        step()
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    times = [step() for _ in range(20)]
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+    return {"ms": statistics.median(times), "faults": faults / 20, "tuned": allocator_tuned()}
+
+
+def train_main(rounds: int) -> None:
+    import statistics
+
+    import torch
+
+    configs = [(256, 1), (96, 8)]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads; channels-last training steps, "
+          f"median of 20 after 5 per process, median of {rounds} fresh processes per case")
+    runs: dict[tuple, list[dict]] = {(m, c): [] for c in configs for m in ("default", "tuned")}
+    for r in range(rounds):
+        for (malloc, (size, batch)) in (list(runs) if r % 2 == 0 else list(reversed(runs))):
+            env = dict(os.environ, NAPARI_SIZELOSS_TUNE_MALLOC="1" if malloc == "tuned" else "0")
+            out = subprocess.run([sys.executable, __file__, "--train-case", str(size), str(batch)],
+                                 check=True, capture_output=True, text=True, env=env)
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            assert bool(result["tuned"]) == (malloc == "tuned"), result
+            runs[(malloc, (size, batch))].append(result)
+    print(f"{'malloc':>8} {'step':>10} {'ms/step':>8} {'faults/step':>12}  runs (ms)")
+    for (malloc, (size, batch)), rs in runs.items():
+        ms = statistics.median(x["ms"] for x in rs)
+        faults = statistics.median(x["faults"] for x in rs)
+        print(f"{malloc:>8} {f'{size}x{size} b{batch}':>10} {ms:8.1f} {faults:12.0f}  "
+              + ", ".join(f"{x['ms']:.1f}" for x in rs))
+
+
 CASES = [("default", "no", 25), ("default", "no", 8), ("tuned", "no", 8), ("default", "yes", 8), ("tuned", "yes", 8)]
 
 
@@ -68,8 +117,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--thread", choices=("compute", "main"), default="compute")
+    parser.add_argument("--train", action="store_true", help="time training steps instead of a prediction")
     parser.add_argument("--case", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--train-case", nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.train_case:
+        print(json.dumps(_run_train_case(*args.train_case)))
+        return
+    if args.train:
+        train_main(args.rounds)
+        return
     if args.case:
         fold, batch = args.case
         print(json.dumps(_run_case(fold == "yes", int(batch), on_compute_thread=args.thread == "compute")))

@@ -60,3 +60,24 @@ def test_tuning_stops_fresh_page_faults_in_enet_forward_passes():
 def test_switched_off_by_the_environment_variable():
     for value in ("0", "off", "False", " no "):
         assert _probe(value, "switch-only")["tuned"] is False
+
+
+def test_a_training_session_tunes_the_allocator_before_its_first_step():
+    """Training faulted in thousands of fresh pages per step until the first
+    prediction tuned the allocator (``scripts/alloc_bench.py --train``)."""
+    code = (
+        "import json, numpy as np\n"
+        "from napari_sizeloss.allocator import allocator_tuned\n"
+        "from napari_sizeloss.bounds import SizeBounds\n"
+        "from napari_sizeloss.trainer import TrainingSession, TrainConfig\n"
+        "image = np.random.default_rng(0).random((32, 32, 2, 1), dtype=np.float32)\n"
+        "seeds = np.zeros(image.shape, np.uint8); seeds[15:17, 15:17, 0, 0] = 1\n"
+        "before = allocator_tuned()\n"
+        "TrainingSession(image, seeds, SizeBounds(20, 300), config=TrainConfig(steps=1))\n"
+        "print(json.dumps([before, allocator_tuned()]))\n"
+    )
+    env = dict(os.environ, NAPARI_SIZELOSS_TUNE_MALLOC="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=120)
+    before, after = json.loads(out.stdout.strip().splitlines()[-1])
+    assert before is None
+    assert after is True or (after is False and not sys.platform.startswith("linux"))

@@ -73,9 +73,11 @@ class TrainStep:
                  compile=False) -> None:
         import torch
 
+        from .allocator import tune_allocator
         from .device import make_adam, to_channels_last
         from .network import ENet
 
+        tune_allocator()  # as a TrainingSession does
         self.device = torch.device(device)
         self.size, self.amp, self.dtype, self.compile = size, amp, dtype, compile
         torch.manual_seed(0)

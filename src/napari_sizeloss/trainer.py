@@ -196,6 +196,9 @@ class TrainingSession:
                 f"ground truth shape {np.shape(ground_truth)} does not match image shape {self.shape}"
             )
         self.device = select_device(self.config.device)
+        # freed activations stay in the heap: with glibc's defaults each CPU step faulted in
+        # thousands of fresh pages (256x256 step about 10 % slower; scripts/alloc_bench.py --train)
+        tune_allocator()
         self._stop = threading.Event()
         self._preview_lock = threading.Lock()
         self._preview_request: tuple[int, int] | None = None
