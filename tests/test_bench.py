@@ -285,6 +285,21 @@ def test_bench_takes_the_corrections_rounds_budget_and_refuses_none(capsys):
     assert "must be at least 1" in capsys.readouterr().err
 
 
+def test_bench_takes_the_first_rounds_budget_for_every_case(capsys):
+    from napari_sizeloss.bench import round_steps
+    from napari_sizeloss.cli import build_parser, main
+
+    parse = build_parser().parse_args
+    assert round_steps(parse(["bench"])) == (None, None)  # the interactive default, corrections as long
+    assert round_steps(parse(["bench", "--steps", "450"])) == (450, None)
+    assert round_steps(parse(["bench", "--steps", "450", "--correction-steps", "300"])) == (450, 300)
+    assert round_steps(parse(["bench", "--quick"])) == (60, 20)
+    assert round_steps(parse(["bench", "--quick", "--steps", "30"])) == (30, 20)
+    with pytest.raises(SystemExit):
+        main(["bench", "--steps", "0"])
+    assert "must be at least 1" in capsys.readouterr().err
+
+
 def test_the_corrections_round_trains_as_many_steps_as_the_first_by_default():
     """As the widget's Use corrections, which trains its Steps setting again."""
     out = time_to_quality("cpu", steps=3, steps_between=3, threads=1)

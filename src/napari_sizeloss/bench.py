@@ -506,8 +506,8 @@ def run_bench(args) -> int:
         results.update(compiled_figures(device, quick=quick, reps=reps, fast=fast, gflop=gflop))
 
     tags = args.tags
-    correction_steps = args.correction_steps or (20 if quick else None)  # None: as many as the first round
-    q = time_to_quality(device, steps=60 if quick else None, correction_steps=correction_steps,
+    first_steps, correction_steps = round_steps(args)
+    q = time_to_quality(device, steps=first_steps, correction_steps=correction_steps,
                         threads=args.threads, tags=tags, fixed_bounds=args.fixed_bounds, all_regions=args.all_regions)
     results.update(q)
     t85, held = q["time_to_dice_085_s"], q["time_to_dice_085_held_s"]
@@ -524,7 +524,7 @@ def run_bench(args) -> int:
     print(f"  peak memory (RSS): {q['peak_rss_mb']} MB", flush=True)
     if args.cases > 1:
         results["quality_by_case"] = quality_by_case(
-            device, range(args.cases), first=q, steps=60 if quick else None,
+            device, range(args.cases), first=q, steps=first_steps,
             correction_steps=correction_steps, threads=args.threads, tags=tags,
             fixed_bounds=args.fixed_bounds, all_regions=args.all_regions,
         )
@@ -624,6 +624,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def round_steps(args) -> tuple[int | None, int | None]:
+    """The time-to-quality session's (first round, corrections round) steps from bench's arguments.
+
+    ``--steps`` (default: the interactive default, 300; 60 with ``--quick``)
+    and ``--correction-steps`` (default: as many as the first round; 20 with
+    ``--quick``). None leaves the choice to :func:`time_to_quality`.
+    """
+    first = args.steps or (60 if args.quick else None)
+    corrections = args.correction_steps or (20 if args.quick else None)  # None: as many as the first round
+    return first, corrections
+
+
 def add_bench_parser(subparsers) -> None:
     p = subparsers.add_parser("bench", help="measure training and prediction speed on this machine")
     p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
@@ -644,6 +656,9 @@ def add_bench_parser(subparsers) -> None:
                    help="keep the bounds in the corrections round even where a corrected slice lies outside them "
                         "(by default the simulated user's bounds are widened to admit it, as the widget's "
                         "Use corrections does)")
+    p.add_argument("--steps", type=_positive_int, default=None, metavar="N",
+                   help="steps of the time-to-quality session's first round (default: the interactive default, "
+                        "300, as the widget's Advanced > Steps; 60 with --quick)")
     p.add_argument("--correction-steps", type=_positive_int, default=None, metavar="N",
                    help="steps of the corrections round (default: as many as the first round, 300, as the "
                         "widget's Use corrections trains its Advanced > Steps; 100 before 2026-12-03; 20 with --quick)")
