@@ -5,7 +5,7 @@ torch.profiler after a warm-up and prints each kind's share of the CPU time
 the profiler saw (the profiler itself adds overhead per operator, so read
 shares, not absolute times), then the median step time without the profiler.
 
-    python scripts/step_profile.py [--size 256] [--batch 1] [--steps 20]
+    python scripts/step_profile.py [--size 256] [--batch 1] [--steps 20] [--contiguous]
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from napari_sizeloss.device import make_adam
+from napari_sizeloss.allocator import tune_allocator
+from napari_sizeloss.device import make_adam, to_channels_last
 from napari_sizeloss.network import ENet
 
 KINDS = [
@@ -35,11 +36,17 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--contiguous", action="store_true",
+                        help="NCHW tensors (the trainer's eager path is channels-last on the CPU since 2026-12-02)")
     args = parser.parse_args()
+    tune_allocator()  # as a TrainingSession does
     torch.manual_seed(0)
     model = ENet()
-    opt = make_adam(model.parameters(), 5e-4)
     x = torch.rand(args.batch, 1, args.size, args.size)
+    if not args.contiguous:
+        model = model.to(memory_format=torch.channels_last)
+        x = to_channels_last(x)
+    opt = make_adam(model.parameters(), 5e-4)
     y = torch.randint(0, 2, (args.batch, args.size, args.size))
 
     def step() -> None:
