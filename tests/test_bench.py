@@ -326,3 +326,16 @@ def test_train_step_runs_the_forward_in_the_asked_precision_and_trains(amp, want
     assert seen == [want]
     moved = [not torch.equal(b, p) for b, p in zip(before, network.parameters())]
     assert sum(moved) > len(moved) // 2
+
+
+def test_machine_info_reports_the_environment_settings_that_move_the_figures(monkeypatch):
+    from napari_sizeloss.bench import ENV_SETTINGS, machine_info
+
+    for name in ENV_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    assert "env" not in machine_info(torch.device("cpu"))
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    monkeypatch.setenv("NAPARI_SIZELOSS_TUNE_MALLOC", "0")
+    monkeypatch.setenv("UNRELATED_SETTING", "1")
+    env = machine_info(torch.device("cpu"))["env"]
+    assert env == {"OMP_WAIT_POLICY": "PASSIVE", "NAPARI_SIZELOSS_TUNE_MALLOC": "0"}
