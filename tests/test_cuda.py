@@ -14,7 +14,7 @@ from napari_sizeloss.bench import TrainStep
 from napari_sizeloss.bounds import SizeBounds
 from napari_sizeloss.device import autocast_dtype
 from napari_sizeloss.network import ENet
-from napari_sizeloss.trainer import TrainingSession, predict_volume
+from napari_sizeloss.trainer import EventKind, TrainingSession, predict_volume
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -29,22 +29,27 @@ def test_a_cuda_training_step_reads_back_once_and_trains():
     with HostReadbacks() as readbacks:
         steps = [next(events) for _ in range(3)]
     assert readbacks.calls == ["cpu"] * 3
-    rest = [e for e in events if e.kind.value == "step"]
+    rest = [e for e in events if e.kind == EventKind.STEP]
     losses = [e.loss for e in (first, *steps, *rest)]
     assert np.all(np.isfinite(losses))
     assert np.mean(losses[-5:]) < np.mean(losses[:5])  # it learns under mixed precision
 
 
 def test_a_cuda_float32_step_computes_the_cpu_step():
-    """Same weights, same batch, full precision: the loss and the updated
-    weights agree with the CPU's to rounding (cuDNN and oneDNN differ only there)."""
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    results = {}
-    for device in ("cpu", "cuda"):
-        step = TrainStep(device, size=64, batch=2)
-        step()
-        results[device] = [p.detach().cpu() for p in step.forward.parameters()]
+    """Same weights, same batch, full precision: the weights after one step
+    agree with the CPU's to rounding (cuDNN and oneDNN differ only there)."""
+    # TF32 would round well beyond float32; the switches are global, so restore them
+    # (torch.backends.cuda.matmul answers through __getattr__, which monkeypatch cannot undo)
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        results = {}
+        for device in ("cpu", "cuda"):
+            step = TrainStep(device, size=64, batch=2)
+            step()
+            results[device] = [p.detach().cpu() for p in step.forward.parameters()]
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
     for cpu, cuda in zip(results["cpu"], results["cuda"], strict=True):
         assert torch.allclose(cpu, cuda, atol=1e-4, rtol=1e-3)
 
