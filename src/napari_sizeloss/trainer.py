@@ -197,7 +197,7 @@ class TrainingSession:
             )
         self.device = select_device(self.config.device)
         # freed activations stay in the heap: with glibc's defaults each CPU step faulted in
-        # thousands of fresh pages (256x256 step about 10 % slower; scripts/alloc_bench.py --train)
+        # thousands of fresh pages (training steps about 8 % slower; scripts/alloc_bench.py --train)
         tune_allocator()
         self._stop = threading.Event()
         self._preview_lock = threading.Lock()
@@ -826,7 +826,7 @@ def predict_volume(
     sx0, sx1, sy0, sy1 = max(box.x0, 0), min(box.x1, X), max(box.y0, 0), min(box.y1, Y)
     # slice-major (each slice's (X, Y) plane contiguous), so each batch lands in one
     # contiguous copy; scattering it into an (X, Y, N) array, slice index fastest, cost
-    # 0.23 s of a 256x256x10x25 cine's 3.1 s. Returned as an (X, Y, Z, T) view.
+    # about 0.1 s of a 256x256x10x25 cine (docs/benchmarks.md). Returned as an (X, Y, Z, T) view.
     out = np.zeros((N, X, Y), dtype=np.float32)  # zero outside the box
     volume = out.transpose(1, 2, 0).reshape(X, Y, Z, T)  # a view (n = z * T + t)
     if sx1 <= sx0 or sy1 <= sy0:
