@@ -415,7 +415,8 @@ def test_predictions_use_the_moving_average_of_the_weights(tmp_path):
         torch.testing.assert_close(value.double(), avg[key], rtol=1e-5, atol=1e-6, msg=key)
 
     def probs(model):
-        return predict_volume(model, session._image, normalisation=None, device="cpu", box=session.roi)
+        return predict_volume(model, session._image, normalisation=None, device="cpu", box=session.roi,
+                              tta=session.config.tta)
 
     np.testing.assert_allclose(session.probabilities(), probs(averaged), atol=1e-5)
     assert np.abs(session.probabilities() - probs(session.model)).max() > 1e-3  # not the last step's weights
@@ -454,7 +455,7 @@ def test_masks_keep_the_regions_connected_to_dots_and_probabilities_stay_the_net
     image, seeds, _ = disc_volume()
     session = TrainingSession(image, seeds, SizeBounds(20, 300), config=small_config())
     probs = _two_blob_probabilities(image.shape)
-    monkeypatch.setattr(session, "_predict_probs", lambda image4: probs)
+    monkeypatch.setattr(session, "_predict_probs", lambda image4, tta=None: probs)
     assert session.config.keep_connected  # the interactive default
     mask = session.predict()
     assert mask.sum() == 81 * 6 and not mask[2:6, 2:6].any()
@@ -476,7 +477,7 @@ def test_a_corrected_target_pixel_anchors_its_region_as_a_dot_does(monkeypatch):
     corrected[1, 1] = True
     session = TrainingSession(image, seeds, SizeBounds(1, 300), corrections=corrections, corrected=corrected,
                               config=small_config())
-    monkeypatch.setattr(session, "_predict_probs", lambda image4: _two_blob_probabilities(image.shape))
+    monkeypatch.setattr(session, "_predict_probs", lambda image4, tta=None: _two_blob_probabilities(image.shape))
     assert session.predict().sum() == 81 * 6 + 16
     # painted on a slice that is *not* marked corrected, the pixel anchors nothing
     session.update(corrected=np.zeros((3, 2), bool))
@@ -489,7 +490,7 @@ def test_a_preview_keeps_the_regions_its_dots_or_the_last_volume_anchor(monkeypa
     probs[20:29, 16:25] = 0.9  # the disc under the dots, every slice and frame
     probs[2:6, 2:6, 1, :] = 0.8  # a blob beside it on slice 1 of both frames
 
-    def fake_probs(image4):
+    def fake_probs(image4, tta=None):
         if image4.shape == image.shape:
             return probs
         (z, t) = session._preview_request

@@ -12,9 +12,15 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-__all__ = ["PENALTIES", "TrainConfig"]
+__all__ = ["DEFAULT_TTA", "PENALTIES", "TTA_MODES", "TrainConfig"]
 
 PENALTIES = ("quadratic", "log-barrier")
+
+#: Test-time augmentations (:mod:`napari_sizeloss.tta`): one view, 4 flips, or 8 flips and quarter turns.
+TTA_MODES = ("none", "flips", "dihedral")
+
+#: What interactive sessions and :class:`~napari_sizeloss.trainer.Predictor` average over by default.
+DEFAULT_TTA = "flips"
 
 
 @dataclass
@@ -79,6 +85,12 @@ class TrainConfig:
         (:func:`~napari_sizeloss.connectivity.keep_connected`); probabilities
         stay the network's own. False (and the paper's protocol) keeps every
         region the network predicts.
+    tta : test-time augmentation of every prediction the session makes (live
+        previews, Predict, validation): one of :data:`TTA_MODES`
+        (:mod:`napari_sizeloss.tta`). ``"flips"`` (the default) averages
+        each slice over its 4 flips, ``"dihedral"`` over its 8 flips and
+        quarter turns, ``"none"`` (the paper's protocol) predicts once: 4, 8
+        or 1 forward passes per slice. Training is the same either way.
     """
 
     steps: int | None = 300
@@ -108,6 +120,7 @@ class TrainConfig:
     preview_interval_s: float = 1.0
     validate_every: int | None = None
     keep_connected: bool = True
+    tta: str = DEFAULT_TTA
 
     def __post_init__(self) -> None:
         if self.penalty not in PENALTIES:
@@ -136,6 +149,8 @@ class TrainConfig:
             )
         if self.crop is not None and self.crop < 16:
             raise ValueError(f"crop must be at least 16 px, got {self.crop}")
+        if self.tta not in TTA_MODES:
+            raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}; got {self.tta!r}")
 
     @classmethod
     def interactive(cls, **overrides) -> "TrainConfig":
@@ -151,9 +166,10 @@ class TrainConfig:
     def paper(cls, **overrides) -> "TrainConfig":
         """The paper's protocol: Adam, lr 5e-3 halved after 100 epochs,
         size weight 1e-2, batch 1, whole slices, predictions from the last
-        step's weights, every region the network predicts kept."""
+        step's weights, every region the network predicts kept, one forward
+        pass per slice (no test-time augmentation)."""
         base = dict(lr=5e-3, lr_halve_every=100, lr_decay=None, resume_lr_factor=1.0, ema_decay=None, size_weight=1e-2,
-                    batch_size=1, crop=None, keep_connected=False)
+                    batch_size=1, crop=None, keep_connected=False, tta="none")
         base.update(overrides)
         return cls(**base)
 

@@ -45,7 +45,7 @@ from .allocator import tune_allocator
 from .averaging import WeightAverage
 from .bounds import SizeBounds, slice_bounds
 from .checkpoint import Checkpoint, build_model, load_checkpoint, save_checkpoint
-from .config import PENALTIES, TrainConfig  # noqa: F401  (PENALTIES: re-exported)
+from .config import DEFAULT_TTA, PENALTIES, TrainConfig  # noqa: F401  (PENALTIES: re-exported)
 from .connectivity import anchors_from, split_by_anchors
 from .connectivity import keep_connected as keep_connected_to
 from .data import (
@@ -71,6 +71,7 @@ from .inference import FOLD_MIN_PIXELS, inference_model
 from .losses import check_target_range, log_barrier, partial_cross_entropy, size_penalty
 from .metrics import dice_3d
 from .network import ENet
+from .tta import check_tta, tta_probabilities, views_per_pass
 from .weak_labels import SEED_BACKGROUND, SEED_TARGET, SeedsError, validate_seeds
 
 #: Pixels a training crop may shift around the region of interest.
@@ -635,7 +636,7 @@ class TrainingSession:
             anchors = anchors | self._last_kept[:, :, z, t]
         return anchors
 
-    def _predict_probs(self, image4: np.ndarray) -> np.ndarray:
+    def _predict_probs(self, image4: np.ndarray, tta: str | None = None) -> np.ndarray:
         box = self.roi if self.config.crop is not None else None
         model = self.prediction_model
         was_training = model.training
@@ -643,6 +644,7 @@ class TrainingSession:
             return predict_volume(
                 model, image4, normalisation=None, device=self.device, box=box,
                 channels_last=self._channels_last, amp=self.config.amp,
+                tta=self.config.tta if tta is None else tta,
             )
         finally:
             model.train(was_training)
@@ -651,18 +653,21 @@ class TrainingSession:
         """Target probability, float32 in the image's shape."""
         return from_4d(self._predict_probs(self._image), self._ndim)
 
-    def predict(self, keep_connected: bool | None = None) -> np.ndarray:
+    def predict(self, keep_connected: bool | None = None, tta: str | None = None) -> np.ndarray:
         """Binary mask (uint8 0/1) in the image's shape.
 
         ``keep_connected`` (None: ``config.keep_connected``, on by default)
         keeps only the regions connected to a target dot or a corrected
         target pixel (:meth:`anchors`; see
         :func:`~napari_sizeloss.connectivity.keep_connected`). About 40 ms
-        for a 192x168x10x20 cine.
+        for a 192x168x10x20 cine. ``tta`` (None: ``config.tta``): the
+        test-time augmentation (:mod:`napari_sizeloss.tta`).
         """
-        return self.predict_split(keep_connected)[0]
+        return self.predict_split(keep_connected, tta)[0]
 
-    def predict_split(self, keep_connected: bool | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    def predict_split(
+        self, keep_connected: bool | None = None, tta: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray, int]:
         """:meth:`predict`'s mask, what its filter left out, and how many regions that was.
 
         Returns
@@ -675,7 +680,7 @@ class TrainingSession:
         n_left_out : int
             Number of those regions (connected in 4D, as the filter links them).
         """
-        predicted = self._predict_probs(self._image) > 0.5
+        predicted = self._predict_probs(self._image, tta) > 0.5
         left_out, n_left_out = np.zeros(predicted.shape, dtype=bool), 0
         if self.config.keep_connected if keep_connected is None else keep_connected:
             predicted, left_out, n_left_out = split_by_anchors(predicted, self.anchors())
@@ -767,6 +772,7 @@ def predict_volume(
     amp: bool = True,
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
     fill: float | None = None,
+    tta: str = "none",
 ) -> np.ndarray:
     """Target probability for every slice of a volume.
 
@@ -794,6 +800,12 @@ def predict_volume(
     fill : float, optional
         The (normalised) intensity of ``box`` pixels outside the image; by
         default the normalised image's minimum.
+    tta : one of :data:`~napari_sizeloss.tta.TTA_MODES`
+        Average the probabilities over flipped (``"flips"``, 4 views) or
+        also rotated (``"dihedral"``, 8) copies of each slice
+        (:func:`~napari_sizeloss.tta.tta_probabilities`): 4 or 8 times the
+        forward passes. The default batch then holds as many slices fewer,
+        so a pass stays within :data:`PREDICT_PIXELS` pixels.
 
     Returns
     -------
@@ -810,6 +822,7 @@ def predict_volume(
     evaluation mode (the caller restores training mode). glibc's allocator
     is tuned once (:func:`~napari_sizeloss.allocator.tune_allocator`).
     """
+    check_tta(tta)
     ndim = image.ndim
     image4 = as_4d(np.asarray(image))
     if normalisation == "auto":
@@ -834,7 +847,7 @@ def predict_volume(
     bx0, bx1, by0, by1 = sx0 - box.x0, sx1 - box.x0, sy0 - box.y0, sy1 - box.y0
     source = image4.reshape(X, Y, N)  # slice n = z * T + t; a view unless image is not C-ordered
     if batch_size is None:
-        batch_size = max(1, PREDICT_PIXELS // max(1, h * w))
+        batch_size = max(1, PREDICT_PIXELS // max(1, h * w * views_per_pass(tta, square=h == w)))
     tune_allocator()
     if channels_last is None:
         channels_last = forward is None and uses_channels_last(device)
@@ -859,11 +872,9 @@ def predict_volume(
         if forward is not None and n < batch_size:
             buffer[n:] = buffer[n - 1]
         x = torch.from_numpy(batch)[:, None].to(device)
-        if channels_last:
-            x = to_channels_last(x)
         with autocast(device, enabled=amp):
-            logits = net(x)
-        probs = torch.softmax(logits[:n].float(), dim=1)[:, 1].cpu().numpy()  # (n, h, w)
+            probs = tta_probabilities(net, x, tta, prepare=to_channels_last if channels_last else None)
+        probs = probs[:n, 1].cpu().numpy()  # (n, h, w)
         out[start : start + n, sx0:sx1, sy0:sy1] = probs[:, bx0:bx1, by0:by1]
     return from_4d(volume, ndim)
 
@@ -889,6 +900,10 @@ class Predictor:
     per slice on 2 CPU cores once compiled, after a compile of about 17 s
     (3 s when cached) per in-plane shape; for scripts that predict many
     volumes of one grid (:mod:`napari_sizeloss.compiled`).
+
+    ``tta``: the test-time augmentation (:mod:`napari_sizeloss.tta`), as an
+    interactive session's by default; ``"none"`` predicts each slice once
+    (4 times fewer forward passes than the default ``"flips"``).
     """
 
     model: ENet
@@ -897,16 +912,18 @@ class Predictor:
     threshold: float = 0.5
     metadata: dict = field(default_factory=dict)
     compile: bool = False
+    tta: str = DEFAULT_TTA
     _compiled: object = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        check_tta(self.tta)
         if self.compile:
             from .compiled import require_compile
 
             require_compile(self.device)
 
     @classmethod
-    def from_checkpoint(cls, path, device: str = "auto", compile: bool = False) -> "Predictor":
+    def from_checkpoint(cls, path, device: str = "auto", compile: bool = False, tta: str = DEFAULT_TTA) -> "Predictor":
         ckpt = load_checkpoint(path)
         model = build_model(ckpt)
         if model.config.get("num_classes") != 2:
@@ -916,7 +933,8 @@ class Predictor:
             )
         dev = select_device(device)
         model.to(dev)
-        return cls(model=model, device=dev, checkpoint=ckpt, metadata=dict(ckpt.metadata or {}), compile=compile)
+        return cls(model=model, device=dev, checkpoint=ckpt, metadata=dict(ckpt.metadata or {}), compile=compile,
+                   tta=tta)
 
     def region_for(self, image_shape) -> Box | None:
         """The training region of interest when ``image_shape`` matches the
@@ -938,7 +956,8 @@ class Predictor:
         if box == "auto":
             box = self.region_for(image.shape)
         return predict_volume(
-            self.model, image, normalisation="auto", device=self.device, box=box, forward=self._forward()
+            self.model, image, normalisation="auto", device=self.device, box=box, forward=self._forward(),
+            tta=self.tta,
         )
 
     def _forward(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -1025,6 +1044,6 @@ class Predictor:
             sub = image4[:, :, slices[:, 0], slices[:, 1]][:, :, :, None]  # (X, Y, n, 1)
             probs = predict_volume(
                 self.model, sub, normalisation=normalisation, device=self.device, box=box, forward=forward,
-                fill=fill,
+                fill=fill, tta=self.tta,
             )
             yield slices, probs[:, :, :, 0]
