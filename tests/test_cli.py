@@ -249,3 +249,39 @@ def test_console_script_reports_one_line_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: ") and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_tta_reaches_the_predictions_of_train_and_predict(phantom_files, capsys, monkeypatch):
+    """--tta sets the views every prediction averages over; without it: flips (train --paper: none)."""
+    from napari_sizeloss import trainer
+
+    d, image, gt, seeds = phantom_files
+    seen = []
+    original = trainer.predict_volume
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("tta", "none"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "predict_volume", recording)
+    model, pred = d / "tta.ckpt", d / "tta_pred.nii.gz"
+    common = ["--seeds", str(seeds), "--bounds", "20", "600", "--steps", "1", "--device", "cpu",
+              "--crop", "32", "--batch-size", "2"]
+    for extra, expected in (([], "flips"), (["--tta", "dihedral"], "dihedral"), (["--paper"], "none"),
+                            (["--paper", "--tta", "flips"], "flips")):
+        seen.clear()
+        pred.unlink(missing_ok=True)
+        model.unlink(missing_ok=True)
+        assert main(["train", str(image), *common, "--model", str(model), "--pred", str(pred), *extra]) == 0
+        assert seen == [expected], extra
+    out = d / "tta_out.nii.gz"
+    for extra, expected in (([], "flips"), (["--tta", "none"], "none")):
+        seen.clear()
+        out.unlink(missing_ok=True)
+        assert main(["predict", str(image), "--model", str(model), "--out", str(out), "--device", "cpu", *extra]) == 0
+        assert seen == [expected]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", str(image), "--model", str(model), "--out", str(d / "x.nii.gz"), "--tta", "mirror"])
+    assert exit_.value.code == 2 and "invalid choice: 'mirror'" in capsys.readouterr().err
+    assert not (d / "x.nii.gz").exists()

@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from .config import TTA_MODES
 from .demo import TAG_STRATEGIES
 
 
@@ -158,13 +159,14 @@ def train_step_ms(device, *, size=256, batch=1, repeats=20, warmup=5, channels_l
 
 
 def predict_cine_s(device, *, shape=(256, 256, 10, 25), repeats=3, box_side: int | None = None,
-                   compile=False, first_call: dict | None = None) -> float:
+                   compile=False, first_call: dict | None = None, tta: str = "none") -> float:
     """Median seconds to predict every slice of a (X, Y, Z, T) cine volume.
 
     ``box_side``: predict inside a centred square of this side only (what the
     trainer does: its region of interest around the dots), zero elsewhere.
     ``compile``: through a compiled folded copy, as ``Predictor(compile=True)``;
     the warm-up's seconds (the compile) go to ``first_call["s"]``.
+    ``tta``: average over these test-time views (:mod:`napari_sizeloss.tta`).
     """
     import torch
 
@@ -186,7 +188,8 @@ def predict_cine_s(device, *, shape=(256, 256, 10, 25), repeats=3, box_side: int
         forward = compiled_predictor(model)
     times = []
     t0 = time.perf_counter()
-    predict_volume(model, image[..., :1], normalisation="auto", device=device, box=box, forward=forward)  # warm-up
+    predict_volume(model, image[..., :1], normalisation="auto", device=device, box=box, forward=forward,
+                   tta=tta)  # warm-up
     if first_call is not None:
         first_call["s"] = time.perf_counter() - t0
     if compile and not forward.compiled:
@@ -194,7 +197,7 @@ def predict_cine_s(device, *, shape=(256, 256, 10, 25), repeats=3, box_side: int
     for _ in range(repeats):
         _sync(device)
         t0 = time.perf_counter()
-        predict_volume(model, image, normalisation="auto", device=device, box=box, forward=forward)
+        predict_volume(model, image, normalisation="auto", device=device, box=box, forward=forward, tta=tta)
         _sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
@@ -391,11 +394,12 @@ def time_to_quality(device, *, steps=None, correction_steps=None, steps_between=
     }
 
 
-def compare_with_whole_slices(device, *, steps=300, seed=0, threads=None) -> dict:
+def compare_with_whole_slices(device, *, steps=300, seed=0, threads=None, tta: str | None = None) -> dict:
     """Interactive configuration against whole slices at batch 1 (the paper's), same number of steps.
 
     Both train the demo case from the same initialisation; the whole-slice run
-    sees 1 image per step, the interactive one a batch of crops.
+    sees 1 image per step, the interactive one a batch of crops. Both are
+    scored with the same test-time views (``tta``; None: the interactive default).
     """
     from .demo import make_demo_case
     from .trainer import TrainConfig, train
@@ -403,6 +407,8 @@ def compare_with_whole_slices(device, *, steps=300, seed=0, threads=None) -> dic
     case = make_demo_case(seed=seed)
     out = {}
     for name, overrides in (("interactive", {}), ("whole_b1", {"crop": None, "batch_size": 1})):
+        if tta is not None:
+            overrides = {**overrides, "tta": tta}
         config = TrainConfig.interactive(steps=steps, device=str(device), seed=seed, preview_every=0,
                                          threads=threads, **overrides)
         t0 = time.perf_counter()
@@ -473,11 +479,12 @@ def run_bench(args) -> int:
     reps = 5 if quick else 20
     from .trainer import TrainConfig
 
-    cfg = TrainConfig.interactive()
+    cfg = TrainConfig.interactive(**({"tta": args.tta} if args.tta else {}))
     crop, batch = cfg.crop, cfg.batch_size
     settings = {
         "layout": "channels-last" if layout else "contiguous", "autocast": fast, "crop": crop, "batch": batch,
         "steps_per_round": cfg.steps, "lr": cfg.lr, "lr_decay": cfg.lr_decay, "ema_decay": cfg.ema_decay,
+        "tta": cfg.tta,
     }
     results["settings"] = settings
     print(f"settings (the trainer's interactive defaults): {settings}", flush=True)
@@ -511,6 +518,11 @@ def run_bench(args) -> int:
     s_roi = predict_cine_s(device, shape=shape, repeats=1 if quick else 3, box_side=crop) * scale
     results["predict_cine_roi_s"] = round(s_roi, 2)
     print(f"predict it inside a {crop}x{crop} region of interest (what the trainer does): {s_roi:.2f} s{note}", flush=True)
+    if cfg.tta != "none":
+        s_tta = predict_cine_s(device, shape=shape, repeats=1 if quick else 3, box_side=crop, tta=cfg.tta) * scale
+        results["predict_cine_roi_tta_s"] = round(s_tta, 2)
+        print(f"  ... averaged over the {cfg.tta} test-time views (what Predict shows after a round): "
+              f"{s_tta:.2f} s{note}", flush=True)
 
     if args.compile:
         results.update(compiled_figures(device, quick=quick, reps=reps, fast=fast, gflop=gflop))
@@ -518,7 +530,8 @@ def run_bench(args) -> int:
     tags = args.tags
     first_steps, correction_steps = round_steps(args)
     q = time_to_quality(device, steps=first_steps, correction_steps=correction_steps,
-                        threads=args.threads, tags=tags, fixed_bounds=args.fixed_bounds, all_regions=args.all_regions)
+                        threads=args.threads, tags=tags, fixed_bounds=args.fixed_bounds, all_regions=args.all_regions,
+                        tta=cfg.tta)
     results.update(q)
     t85, held = q["time_to_dice_085_s"], q["time_to_dice_085_held_s"]
     tagged = "" if tags == "none" else f", {q['absent_tags']} slice-frames tagged absent ({tags})"
@@ -536,11 +549,11 @@ def run_bench(args) -> int:
         results["quality_by_case"] = quality_by_case(
             device, range(args.cases), first=q, steps=first_steps,
             correction_steps=correction_steps, threads=args.threads, tags=tags,
-            fixed_bounds=args.fixed_bounds, all_regions=args.all_regions,
+            fixed_bounds=args.fixed_bounds, all_regions=args.all_regions, tta=cfg.tta,
         )
 
     steps = 40 if quick else 300
-    c = compare_with_whole_slices(device, steps=steps, threads=args.threads)
+    c = compare_with_whole_slices(device, steps=steps, threads=args.threads, tta=cfg.tta)
     results["same_steps_comparison"] = c
     for name, label in (("interactive", "interactive (crops, batch 8)"), ("whole_b1", "whole slices, batch 1")):
         r = c[name]
@@ -567,7 +580,7 @@ def _widened(q: dict) -> str:
 
 def quality_by_case(device, seeds, *, first: dict | None = None, steps=None, correction_steps=None,
                     threads=None, tags: str = "none", fixed_bounds: bool = False,
-                    all_regions: bool = False) -> list[dict]:
+                    all_regions: bool = False, **config_overrides) -> list[dict]:
     """:func:`time_to_quality` on the demo cases of several seeds, printed one line each, then the ranges.
 
     A seed changes the phantom, its dots and the training's random streams;
@@ -575,7 +588,8 @@ def quality_by_case(device, seeds, *, first: dict | None = None, steps=None, cor
     ``tags`` is the simulated user's absent tags, ``fixed_bounds`` keeps the
     bounds in the corrections round (both as :func:`time_to_quality`);
     ``all_regions`` shows, corrects and scores every region the network
-    predicts, not only those connected to a target dot.
+    predicts, not only those connected to a target dot; ``config_overrides``
+    go to :func:`time_to_quality` (e.g. ``tta="none"``).
 
     Returns
     -------
@@ -596,7 +610,7 @@ def quality_by_case(device, seeds, *, first: dict | None = None, steps=None, cor
             q = first
         else:
             q = time_to_quality(device, steps=steps, correction_steps=correction_steps, seed=seed, threads=threads,
-                                tags=tags, fixed_bounds=fixed_bounds, all_regions=all_regions)
+                                tags=tags, fixed_bounds=fixed_bounds, all_regions=all_regions, **config_overrides)
         row = {"seed": int(seed), **{k: q[k] for k in keys}}
         rows.append(row)
         t85, held = row["time_to_dice_085_s"], row["time_to_dice_085_held_s"]
@@ -675,4 +689,7 @@ def add_bench_parser(subparsers) -> None:
     p.add_argument("--all-regions", action="store_true",
                    help="the simulated user sees, corrects and is scored on every region the network predicts "
                         "(by default, as in the widget, only the regions connected to a target dot)")
+    p.add_argument("--tta", choices=TTA_MODES, default=None,
+                   help="test-time views of the sessions' predictions (default: the interactive default, "
+                        "flips; none: one forward pass per slice, as the figures before 2026-12-06's second session)")
     p.set_defaults(func=run_bench)

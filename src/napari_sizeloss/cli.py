@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import DEFAULT_TTA, TTA_MODES
 from .demo import TAG_STRATEGIES
 
 EXIT_ERROR = 2
@@ -217,6 +218,14 @@ def _load_image_and_seeds(image_path, seeds_path):
     return image, data.astype(np.uint8)
 
 
+
+def _add_tta(p, what: str, paper: bool = False) -> None:
+    p.add_argument("--tta", choices=TTA_MODES, default=None,
+                   help=f"test-time views of {what}: flips (each slice averaged over its 4 flips; the "
+                        f"default{', none with --paper' if paper else ''}), dihedral (its 8 flips and quarter "
+                        "turns), or none (one pass per slice: 4x faster than flips)")
+
+
 def cmd_train(args) -> int:
     from .bounds import SizeBounds
     from .device import select_device
@@ -251,6 +260,8 @@ def cmd_train(args) -> int:
     )
     if args.all_regions:
         cfg_kwargs["keep_connected"] = False
+    if args.tta is not None:
+        cfg_kwargs["tta"] = args.tta
     if args.minutes is not None:
         cfg_kwargs.update(steps=None, minutes=args.minutes)
     else:
@@ -301,7 +312,7 @@ def cmd_predict(args) -> int:
 
     inputs = [args.image, args.model] + ([args.seeds] if args.seeds else [])
     out = _check_output(args.out, inputs=inputs, suffixes=(".nii", ".nii.gz"), what="mask")
-    predictor = Predictor.from_checkpoint(args.model, device=args.device)
+    predictor = Predictor.from_checkpoint(args.model, device=args.device, tta=args.tta or DEFAULT_TTA)
     if args.seeds:
         image, seeds = _load_image_and_seeds(args.image, args.seeds)
     else:
@@ -424,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--gt", metavar="GT.nii.gz", help="ground truth for a validation Dice at the end")
     p.add_argument("--label", type=int, default=3, help="target label in --gt")
+    _add_tta(p, "--pred and the validation Dice", paper=True)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("predict", help="segment a volume with a trained model")
@@ -434,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep only the predicted regions connected to a target dot (code 1) of these seeds "
                         "(default: every region)")
     p.add_argument("--device", default="auto")
+    _add_tta(p, "the prediction")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("dice", help="Dice of a mask against a label volume")
@@ -457,6 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tags", choices=TAG_STRATEGIES, default="none",
                    help="tag target-absent slices as a user would: none (default), on the clicked frames "
                         "(clicked-frames), or every slice-frame without the target (every-frame, as the paper)")
+    _add_tta(p, "the prediction scored")
     p.set_defaults(func=cmd_demo)
 
     for module in ("reproduce", "bench"):

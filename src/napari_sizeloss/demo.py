@@ -120,20 +120,22 @@ def make_demo_case(seed: int = 0, shape=None, k: int = TARGET_DOTS, background_k
 
 
 def run_case(case: DemoCase, *, size_weight: float, steps: int, device: str = "auto",
-             threads: int | None = None, seed: int = 0, log=None, absent=None):
+             threads: int | None = None, seed: int = 0, log=None, absent=None, tta: str | None = None):
     """Train on ``case``; returns (session, mask, mean 3D Dice over frames, seconds, the network's own Dice).
 
     ``mask`` keeps the regions connected to a target dot (the tool's output,
     :func:`~napari_sizeloss.connectivity.keep_connected`); the last value
     scores every region the network predicts. ``absent``: bool ``(Z, T)``
-    slice-frames tagged target-absent (None: none).
+    slice-frames tagged target-absent (None: none). ``tta``: the test-time
+    views of the prediction (None: the interactive default).
     """
     from .connectivity import keep_connected
     from .metrics import dice_3d
     from .trainer import TrainConfig, train
 
     config = TrainConfig.interactive(
-        steps=steps, size_weight=size_weight, device=device, threads=threads, seed=seed, preview_every=0
+        steps=steps, size_weight=size_weight, device=device, threads=threads, seed=seed, preview_every=0,
+        **({} if tta is None else {"tta": tta}),
     )
     start = time.perf_counter()
     session = train(
@@ -217,7 +219,7 @@ def _demo_case(args, seed: int, runs, out: Path | None) -> list[tuple]:
         print(f"training: {name}, {args.steps} steps", flush=True)
         session, mask, dice, seconds, network_dice = run_case(
             case, size_weight=weight, steps=args.steps, device=args.device, threads=args.threads,
-            seed=seed, log=_progress_printer(args.steps), absent=absent,
+            seed=seed, log=_progress_printer(args.steps), absent=absent, tta=getattr(args, "tta", None),
         )
         rows.append((seed, name, dice, network_dice, seconds))
         if out is not None and weight > 0:
