@@ -461,7 +461,7 @@ def test_keep_checkbox_drops_regions_no_dot_touches_from_the_prediction_layer(vi
     probs = np.zeros(anchors.shape, np.float32)
     probs[x - 2 : x + 3, y - 2 : y + 3] = 0.9
     probs[-4:, -4:, 0, 0] = 0.9
-    monkeypatch.setattr(session, "_predict_probs", lambda image4: probs)
+    monkeypatch.setattr(session, "_predict_probs", lambda image4, tta=None: probs)
 
     def shown():
         return np.asarray(viewer.layers["cine phantom prediction"].data).T > 0  # (X, Y, Z, T)
@@ -480,6 +480,32 @@ def test_keep_checkbox_drops_regions_no_dot_touches_from_the_prediction_layer(vi
     assert widget.settings.overrides()["keep_connected"] is False  # the next round's setting too
 
 
+def test_test_time_views_setting_reaches_training_and_predict(viewer, widget, qtbot, monkeypatch):
+    """The Advanced panel's *Test-time views*: the next round's config, and Predict without training again."""
+    gt = viewer.layers["cine phantom ground truth"]
+    configure(widget, steps=2)
+    assert widget.settings.tta.currentText() == "flips"  # the default
+    widget.settings.tta.setCurrentText("dihedral")
+    assert widget.settings.overrides()["tta"] == "dihedral"
+    add_dots(viewer, widget, gt)
+    set_bounds_from_truth(widget, gt)
+    widget.train()
+    wait_idle(qtbot, widget)
+    session = widget.session
+    assert session.config.tta == "dihedral"
+    asked = []
+
+    def probs(image4, tta=None):
+        asked.append(tta)
+        return np.zeros(image4.shape, np.float32)
+
+    monkeypatch.setattr(session, "_predict_probs", probs)
+    widget.settings.tta.setCurrentText("none")
+    assert widget.predict()
+    wait_idle(qtbot, widget)
+    assert asked == ["none"]
+
+
 def test_predict_job_with_a_loaded_model_reports_what_keep_left_out(monkeypatch):
     """Predict with a loaded model: the volume keeps the regions the shown dots touch and counts the rest."""
     import napari_sizeloss.trainer as trainer
@@ -495,7 +521,7 @@ def test_predict_job_with_a_loaded_model_reports_what_keep_left_out(monkeypatch)
         threshold = 0.5
 
         @classmethod
-        def from_checkpoint(cls, path, device):
+        def from_checkpoint(cls, path, device, tta):
             return cls()
 
         def iter_probabilities(self, image, first=None):

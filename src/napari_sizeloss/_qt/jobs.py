@@ -228,13 +228,13 @@ def training_job(request: TrainRequest, session=None) -> Iterator[Any]:
     yield session_prediction(session)
 
 
-def session_prediction(session, keep_connected: bool | None = None) -> VolumePrediction:
+def session_prediction(session, keep_connected: bool | None = None, tta: str | None = None) -> VolumePrediction:
     """The session's whole-volume prediction with its per-slice bounds.
 
-    ``keep_connected``: as :meth:`~napari_sizeloss.trainer.TrainingSession.predict`
+    ``keep_connected``, ``tta``: as :meth:`~napari_sizeloss.trainer.TrainingSession.predict`
     (None: the session's setting).
     """
-    mask, left_out, n_left_out = session.predict_split(keep_connected=keep_connected)
+    mask, left_out, n_left_out = session.predict_split(keep_connected=keep_connected, tta=tta)
     mask = np.asarray(mask, dtype=np.uint8)
     mask4 = mask.reshape(mask.shape + (1,) * (4 - mask.ndim))
     lower, upper = session.slice_bounds_px()
@@ -256,6 +256,7 @@ def predict_job(
     preview: tuple[int, int] | None = None,
     anchors: np.ndarray | None = None,
     keep_connected: bool = True,
+    tta: str | None = None,
 ) -> Iterator[PredictionProgress]:
     """Predict a whole ``(X, Y, Z, T)`` volume; a generator, run in a thread worker.
 
@@ -277,6 +278,8 @@ def predict_job(
     (bool ``image``'s shape: the target dots shown; None keeps every region).
     The preview slice alone keeps the regions that its own anchors touch
     (all of it when it has none).
+    ``tta``: the test-time augmentation (:mod:`napari_sizeloss.tta`; None:
+    the session's setting, else :data:`~napari_sizeloss.config.DEFAULT_TTA`).
 
     Returns
     -------
@@ -284,18 +287,21 @@ def predict_job(
         The whole volume (the worker's ``returned`` value).
     """
     if session is not None and same_image:
-        return session_prediction(session, keep_connected=keep_connected)
+        return session_prediction(session, keep_connected=keep_connected, tta=tta)
     from ..connectivity import keep_connected as keep_connected_to
     from ..connectivity import split_by_anchors
     from ..gc_scope import collect_new_objects_only
 
     with collect_new_objects_only():  # maybe the process's first torch import and network (see training_job)
+        from ..config import DEFAULT_TTA
         from ..trainer import Predictor
 
+        if tta is None:
+            tta = session.config.tta if session is not None else DEFAULT_TTA
         if session is not None:
-            predictor = Predictor(model=session.prediction_model, device=session.device)
+            predictor = Predictor(model=session.prediction_model, device=session.device, tta=tta)
         elif checkpoint is not None:
-            predictor = Predictor.from_checkpoint(checkpoint, device="auto")
+            predictor = Predictor.from_checkpoint(checkpoint, device="auto", tta=tta)
         else:
             raise ValueError("no model yet: train one or load one with Load model")
     mask = np.zeros(image.shape, dtype=np.uint8, order="F")
