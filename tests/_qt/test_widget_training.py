@@ -484,8 +484,9 @@ def test_test_time_views_setting_reaches_training_and_predict(viewer, widget, qt
     """The Advanced panel's *Test-time views*: the next round's config, and Predict without training again."""
     gt = viewer.layers["cine phantom ground truth"]
     configure(widget, steps=2)
-    assert widget.settings.tta.currentText() == "flips"  # the default
-    widget.settings.tta.setCurrentText("dihedral")
+    assert widget.settings.tta_mode() == "flips"  # the default
+    assert widget.settings.tta.currentText() == "flips (4 views)"
+    widget.settings.tta.setCurrentIndex(widget.settings.tta.findText("dihedral (8 views)"))
     assert widget.settings.overrides()["tta"] == "dihedral"
     add_dots(viewer, widget, gt)
     set_bounds_from_truth(widget, gt)
@@ -500,7 +501,7 @@ def test_test_time_views_setting_reaches_training_and_predict(viewer, widget, qt
         return np.zeros(image4.shape, np.float32)
 
     monkeypatch.setattr(session, "_predict_probs", probs)
-    widget.settings.tta.setCurrentText("none")
+    widget.settings.set_tta_mode("none")
     assert widget.predict()
     wait_idle(qtbot, widget)
     assert asked == ["none"]

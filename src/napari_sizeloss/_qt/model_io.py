@@ -65,7 +65,7 @@ class ModelIOMixin:
             preview=self.current_slice(),
             anchors=self._anchors() if keep and not same else None,
             keep_connected=keep,
-            tta=self.settings.tta.currentText(),
+            tta=self.settings.tta_mode(),
         )
         # the job's body runs on the one compute thread (see napari_sizeloss.compute_thread)
         worker = create_worker(run_generator, job, _start_thread=False, _ignore_errors=True)

@@ -30,6 +30,10 @@ from superqt import QCollapsible
 from ..config import DEFAULT_TTA, PENALTIES, TTA_MODES, TrainConfig
 
 
+#: How each test-time mode reads in the panel.
+_TTA_VIEWS = {"none": "1 pass", "flips": "4 views", "dihedral": "8 views"}
+
+
 class AdvancedSettings(QCollapsible):
     """Folded training settings; :meth:`overrides` gives ``TrainConfig`` keyword arguments."""
 
@@ -148,8 +152,9 @@ class AdvancedSettings(QCollapsible):
         form.addRow("Keep", self.keep_connected)
 
         self.tta = QComboBox()
-        self.tta.addItems(TTA_MODES)
-        self.tta.setCurrentText(DEFAULT_TTA)
+        for mode in TTA_MODES:
+            self.tta.addItem(f"{mode} ({_TTA_VIEWS[mode]})", mode)
+        self.set_tta_mode(DEFAULT_TTA)
         self.tta.setToolTip(
             "Test-time augmentation of previews and predictions: average each slice over its 4 flips "
             "(flips), its 8 flips and quarter turns (dihedral), or predict it once (none). The network "
@@ -189,7 +194,7 @@ class AdvancedSettings(QCollapsible):
         self.preview_every.setValue(int(cfg.preview_every or 10))
         self.preview_interval.setValue(float(cfg.preview_interval_s))
         self.compile.setChecked(bool(cfg.compile))
-        self.tta.setCurrentText(cfg.tta)
+        self.set_tta_mode(cfg.tta)
         self.device.clear()
         self.device.addItems(["auto", "cpu"])  # until the compute thread has looked
         self._loaded = True
@@ -235,8 +240,8 @@ class AdvancedSettings(QCollapsible):
         """``TrainConfig`` keyword arguments set here (empty until the panel was loaded)."""
         if not self._loaded:
             unloaded: dict[str, Any] = {} if self.keep_connected.isChecked() else {"keep_connected": False}
-            if self.tta.currentText() != DEFAULT_TTA:
-                unloaded["tta"] = self.tta.currentText()
+            if self.tta_mode() != DEFAULT_TTA:
+                unloaded["tta"] = self.tta_mode()
             return unloaded
         by_steps = self.budget_kind.currentText() == "steps"
         return {
@@ -255,8 +260,19 @@ class AdvancedSettings(QCollapsible):
             "compile": bool(self.compile.isChecked()),
             "compile_ahead": True,  # compile in a child process: the window stays responsive
             "keep_connected": bool(self.keep_connected.isChecked()),
-            "tta": self.tta.currentText(),
+            "tta": self.tta_mode(),
         }
+
+    def tta_mode(self) -> str:
+        """The test-time views chosen (one of ``TTA_MODES``)."""
+        return str(self.tta.currentData())
+
+    def set_tta_mode(self, mode: str) -> None:
+        """Choose the test-time views ``mode`` (one of ``TTA_MODES``)."""
+        index = self.tta.findData(mode)
+        if index < 0:
+            raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}; got {mode!r}")
+        self.tta.setCurrentIndex(index)
 
     def _on_toggled(self, expanded: bool) -> None:
         if expanded:
