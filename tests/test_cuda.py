@@ -54,12 +54,14 @@ def test_a_cuda_float32_step_computes_the_cpu_step():
         assert torch.allclose(cpu, cuda, atol=1e-4, rtol=1e-3)
 
 
-def test_cuda_prediction_matches_the_cpu_prediction():
+@pytest.mark.parametrize("tta", ["none", "flips", "dihedral"])
+def test_cuda_prediction_matches_the_cpu_prediction(tta):
+    """Also with the test-time views (flips and quarter turns of a non-square slice on the GPU)."""
     torch.manual_seed(0)
     model = ENet().eval()
     image = np.random.default_rng(0).random((64, 48, 3, 2), dtype=np.float32)
-    on_cpu = predict_volume(model, image, normalisation="auto", device="cpu")
-    on_gpu = predict_volume(model.to("cuda"), image, normalisation="auto", device="cuda")
+    on_cpu = predict_volume(model, image, normalisation="auto", device="cpu", tta=tta)
+    on_gpu = predict_volume(model.to("cuda"), image, normalisation="auto", device="cuda", tta=tta)
     assert on_gpu.shape == image.shape
     tolerance = 1e-4 if autocast_dtype("cuda") is None else 3e-2  # bf16 / fp16 autocast
     assert np.abs(on_gpu - on_cpu).max() < tolerance
