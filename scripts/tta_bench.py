@@ -11,6 +11,12 @@ widened bounds) and 300 more steps train, scored again with each. Training
 is the same for every view, so the columns differ by the prediction only.
 Prints one JSON line per case, then a summary. About 2 minutes a case on 2
 CPU cores.
+
+    python scripts/tta_bench.py --time [--rounds 3]
+
+times instead what each mode costs: predicting a 256x256x10x25 cine inside
+the trainer's 96x96 region of interest (``bench``'s row), the modes in
+turn, order flipped each round, medians over rounds.
 """
 
 from __future__ import annotations
@@ -26,7 +32,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(16)))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--time", action="store_true", help="time each mode's prediction instead")
+    parser.add_argument("--rounds", type=int, default=3, help="with --time: rounds of the modes in turn")
     args = parser.parse_args()
+    if args.time:
+        time_modes(args.rounds, args.threads)
+        return
 
     import numpy as np
 
@@ -62,6 +73,22 @@ def main() -> None:
                   f"{level} or more; against none {statistics.mean(gains):+.4f} on average "
                   f"({min(gains):+.4f} to {max(gains):+.4f}), better on {sum(g > 0 for g in gains)}, "
                   f"worse on {sum(g < 0 for g in gains)}")
+
+
+def time_modes(rounds: int, threads: int) -> None:
+    """Seconds to predict a 256x256x10x25 cine inside a 96x96 box, per mode: the modes in turn, medians."""
+    import torch
+
+    from napari_sizeloss.bench import predict_cine_s
+
+    torch.set_num_threads(threads)
+    times: dict[str, list[float]] = {mode: [] for mode in TTA_MODES}
+    for r in range(rounds):
+        for mode in TTA_MODES if r % 2 == 0 else TTA_MODES[::-1]:
+            times[mode].append(predict_cine_s(torch.device("cpu"), box_side=96, repeats=1, tta=mode))
+    for mode, values in times.items():
+        print(f"{mode}: predict a 256x256x10x25 cine inside 96x96: {', '.join(f'{v:.2f}' for v in values)} s, "
+              f"median {statistics.median(values):.2f} s", flush=True)
 
 
 if __name__ == "__main__":
