@@ -23,3 +23,19 @@ def _torch_threads():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def predicted_tta(monkeypatch):
+    """The ``tta`` of every ``trainer.predict_volume`` call, in order (the calls still run)."""
+    from napari_sizeloss import trainer
+
+    seen: list[str] = []
+    real = trainer.predict_volume
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("tta", "none"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "predict_volume", recording)
+    return seen

@@ -341,22 +341,14 @@ def test_machine_info_reports_the_environment_settings_that_move_the_figures(mon
     assert env == {"OMP_WAIT_POLICY": "PASSIVE", "NAPARI_SIZELOSS_TUNE_MALLOC": "0"}
 
 
-def test_the_benchs_sessions_predict_with_the_asked_test_time_views(monkeypatch, capsys):
+def test_the_benchs_sessions_predict_with_the_asked_test_time_views(predicted_tta, capsys):
     """``bench --tta``: every scored session (headline, other cases) predicts with those views."""
-    from napari_sizeloss import trainer
     from napari_sizeloss.bench import quality_by_case
     from napari_sizeloss.cli import build_parser
 
     assert build_parser().parse_args(["bench"]).tta is None  # the interactive default (flips)
     assert build_parser().parse_args(["bench", "--tta", "none"]).tta == "none"
-    seen = []
-    real = trainer.predict_volume
-
-    def recording(*args, **kwargs):
-        seen.append(kwargs.get("tta", "none"))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(trainer, "predict_volume", recording)
+    seen = predicted_tta
     time_to_quality("cpu", steps=2, correction_steps=2, steps_between=2, threads=1, tta="dihedral")
     assert seen and set(seen) == {"dihedral"}
     seen.clear()

@@ -251,19 +251,10 @@ def test_console_script_reports_one_line_without_traceback(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_tta_reaches_the_predictions_of_train_and_predict(phantom_files, capsys, monkeypatch):
+def test_tta_reaches_the_predictions_of_train_and_predict(phantom_files, capsys, predicted_tta):
     """--tta sets the views every prediction averages over; without it: flips (train --paper: none)."""
-    from napari_sizeloss import trainer
-
     d, image, gt, seeds = phantom_files
-    seen = []
-    original = trainer.predict_volume
-
-    def recording(*args, **kwargs):
-        seen.append(kwargs.get("tta", "none"))
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(trainer, "predict_volume", recording)
+    seen = predicted_tta
     model, pred = d / "tta.ckpt", d / "tta_pred.nii.gz"
     common = ["--seeds", str(seeds), "--bounds", "20", "600", "--steps", "1", "--device", "cpu",
               "--crop", "32", "--batch-size", "2"]
