@@ -8,6 +8,7 @@ when a job runs.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -119,6 +120,24 @@ class PredictionProgress:
     mask: np.ndarray | None = None
 
 
+@contextlib.contextmanager
+def loading_torch() -> Iterator[None]:
+    """Around work on the compute thread that may import torch for the first time in napari's process.
+
+    torch's largest libraries are loaded first with the interpreter lock
+    released (:func:`~napari_sizeloss.torch_preload.preload_torch_libraries`;
+    inside the block the import finds them loaded), and garbage collections
+    inside scan only the new objects (:func:`~napari_sizeloss.gc_scope.collect_new_objects_only`).
+    Once torch is loaded, only the latter does anything.
+    """
+    from ..gc_scope import collect_new_objects_only
+    from ..torch_preload import preload_torch_libraries
+
+    preload_torch_libraries()
+    with collect_new_objects_only():
+        yield
+
+
 def probe_devices() -> tuple[list[str], str | None]:
     """The devices torch can use here and why ``torch.compile`` cannot run on the CPU (None: it can).
 
@@ -126,9 +145,7 @@ def probe_devices() -> tuple[list[str], str | None]:
     runs it on the compute thread, with collections confined to the new
     objects (see :func:`training_job`).
     """
-    from ..gc_scope import collect_new_objects_only
-
-    with collect_new_objects_only():
+    with loading_torch():
         from ..compiled import compile_unavailable_reason
         from ..device import available_devices
 
@@ -211,11 +228,9 @@ def training_job(request: TrainRequest, session=None) -> Iterator[Any]:
     session starts from ``request.checkpoint`` (or from the old session's
     weights when only the device changed).
     """
-    from ..gc_scope import collect_new_objects_only
-
     # The first round in a process imports torch and builds a network: well over a million objects
     # join napari's heap, and a full garbage collection of it would freeze the window ~300 ms.
-    with collect_new_objects_only():
+    with loading_torch():
         session, resumed = _prepare_session(request, session)
     yield SessionReady(session=session, resumed=resumed)
     session.request_preview(*request.preview)
@@ -290,9 +305,7 @@ def predict_job(
         return session_prediction(session, keep_connected=keep_connected, tta=tta)
     from ..connectivity import keep_connected as keep_connected_to
     from ..connectivity import split_by_anchors
-    from ..gc_scope import collect_new_objects_only
-
-    with collect_new_objects_only():  # maybe the process's first torch import and network (see training_job)
+    with loading_torch():  # maybe the process's first torch import and network (see training_job)
         from ..config import DEFAULT_TTA
         from ..trainer import Predictor
 
@@ -333,9 +346,7 @@ def check_checkpoint(path: str) -> dict[str, Any]:
     metadata; raises the core's ``CheckpointError`` / ``ValueError`` with a
     message naming the file otherwise.
     """
-    from ..gc_scope import collect_new_objects_only
-
-    with collect_new_objects_only():  # maybe the process's first torch import and network (see training_job)
+    with loading_torch():  # maybe the process's first torch import and network (see training_job)
         from ..trainer import Predictor
 
         predictor = Predictor.from_checkpoint(path, device="cpu")

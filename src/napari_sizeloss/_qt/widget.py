@@ -414,7 +414,9 @@ class SizeLossWidget(AnnotationMixin, TrainingMixin, ModelIOMixin, AutosaveMixin
         self._refresh_views()
         self._update_buttons()
         # torch loads on the compute thread now, while the user places dots, rather than at the first
-        # Train press (2-3 s later to the first step, and hitches of up to ~0.6 s while they watch).
+        # Train press (2-3 s later to the first step, with hitches while they watch). Its libraries
+        # load first with the interpreter lock released (jobs.loading_torch): the window's longest
+        # freeze meanwhile is ~0.1 s, not ~0.4 s (scripts/preload_bench.py).
         self.settings.ensure_loaded()
 
     def _activate_seeds_layer(self) -> None:
