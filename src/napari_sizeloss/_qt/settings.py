@@ -30,6 +30,8 @@ from superqt import QCollapsible
 from ..config import DEFAULT_TTA, PENALTIES, TTA_MODES, TrainConfig
 
 
+_PROBE_PENDING = object()  # ``_devices`` from the panel's loading until its timer's first tick submits the probe
+
 #: How each test-time mode reads in the panel.
 _TTA_VIEWS = {"none": "1 pass", "flips": "4 views", "dihedral": "8 views"}
 
@@ -198,14 +200,21 @@ class AdvancedSettings(QCollapsible):
         self.device.clear()
         self.device.addItems(["auto", "cpu"])  # until the compute thread has looked
         self._loaded = True
-        from ..compute_thread import submit
-        from .jobs import probe_devices
-
-        self._devices = submit(probe_devices)
+        # The probe (torch's first import) starts at the timer's first tick, after the event loop
+        # has run: the widget gets here as an image arrives, and napari then draws it and the new
+        # layers for the first time (~0.4 s of GUI-thread work on 2 cores), which an import
+        # started now, competing for the interpreter lock and the cores, stretched to ~1 s.
+        self._devices = _PROBE_PENDING
         self._devices_timer.start()
 
     def _show_devices(self) -> None:
-        """Timer slot: put the compute thread's device list and compile check in the panel once ready."""
+        """Timer slot: start the device probe when due; put its device list and compile check in the panel."""
+        if self._devices is _PROBE_PENDING:
+            from ..compute_thread import submit
+            from .jobs import probe_devices
+
+            self._devices = submit(probe_devices)
+            return
         if self._devices is None or not self._devices.done():
             return
         self._devices_timer.stop()
