@@ -5,7 +5,8 @@ Each run is a fresh process (torch loads once per process): napari opens a
 is over, as when a user starts placing dots), then the widget's device probe
 (``napari_sizeloss._qt.jobs.probe_devices``: the first ``import torch``,
 ``torch._dynamo`` and the compile check) runs on the compute thread while a
-10 ms Qt timer records the longest gap between its ticks. ``off`` replaces
+10 ms Qt timer records the longest gap between its ticks (``gui_bench``'s
+meter and event loop). ``off`` replaces
 :func:`napari_sizeloss.torch_preload.preload_torch_libraries` by a no-op,
 ``on`` is the widget as it is. The two alternate, ``--runs`` of each::
 
@@ -16,17 +17,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gui_bench import StallMeter, run_until  # noqa: E402
+
 
 def child(mode: str) -> None:
     import napari
     import numpy as np
-    from qtpy.QtCore import QTimer
-    from qtpy.QtWidgets import QApplication
 
     import napari_sizeloss.torch_preload as preload
     from napari_sizeloss import compute_thread
@@ -37,35 +40,19 @@ def child(mode: str) -> None:
         preload.preload_torch_libraries = lambda: False
     viewer = napari.Viewer()
     viewer.add_image(np.random.default_rng(0).random((10, 25, 128, 128), dtype=np.float32))
-    app = QApplication.instance()
-    settle = time.perf_counter() + 1.0
-    while time.perf_counter() < settle:
-        app.processEvents()
-        time.sleep(0.005)
+    run_until(lambda: False, timeout_s=1.0)  # the first drawing is over
 
-    gaps: list[float] = []
-    last = [time.perf_counter()]
-
-    def tick() -> None:
-        now = time.perf_counter()
-        gaps.append((now - last[0]) * 1000)
-        last[0] = now
-
-    timer = QTimer()
-    timer.setInterval(10)
-    timer.timeout.connect(tick)
-    timer.start()
+    meter = StallMeter()
+    meter.start()
     start = time.perf_counter()
     future = compute_thread.submit(jobs.probe_devices)
-    while not future.done():
-        app.processEvents()
-        time.sleep(0.002)
+    run_until(future.done, timeout_s=120)
     future.result()
     load_s = time.perf_counter() - start
-    timer.stop()
+    meter.stop()
     viewer.close()
-    print(json.dumps({"mode": mode, "load_s": round(load_s, 2), "longest_stall_ms": round(max(gaps), 1),
-                      "stalls_over_100ms": sum(g > 100 for g in gaps)}), flush=True)
+    print(json.dumps({"mode": mode, "load_s": round(load_s, 2), "longest_stall_ms": round(meter.longest(), 1),
+                      "stalls_over_100ms": meter.count(100.0)}), flush=True)
 
 
 def main() -> None:

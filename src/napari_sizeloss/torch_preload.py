@@ -3,9 +3,9 @@
 Why: ``import torch`` loads ``libtorch_cpu.so`` (about 400 MB, thousands of
 operator registrations run by its static initialisers) through the import
 machinery, which calls ``dlopen`` while holding the interpreter lock. Any
-other Python thread, napari's GUI thread included, waits meanwhile: the
-window froze about 0.3 s in a plain process and 0.6-1.1 s inside napari on
-2 CPU cores, however the import is moved off the GUI thread.
+other Python thread, napari's GUI thread included, waits meanwhile: about
+0.3 s in a plain process and 0.4 s in napari's on 2 CPU cores, however the
+import is moved off the GUI thread (``scripts/preload_bench.py``).
 
 Functions of a library opened with :class:`ctypes.CDLL` run with the
 interpreter lock released (ctypes' documentation), so calling the C

@@ -208,7 +208,7 @@ class AdvancedSettings(QCollapsible):
         self._devices_timer.start()
 
     def _show_devices(self) -> None:
-        """Timer slot: start the device probe when due; put its device list and compile check in the panel."""
+        """Timer slot: the first tick submits the device probe; a later one puts its answer in the panel."""
         if self._devices is _PROBE_PENDING:
             from ..compute_thread import submit
             from .jobs import probe_devices

@@ -416,7 +416,7 @@ class SizeLossWidget(AnnotationMixin, TrainingMixin, ModelIOMixin, AutosaveMixin
         # torch loads on the compute thread now, while the user places dots, rather than at the first
         # Train press (2-3 s later to the first step, with hitches while they watch). Its libraries
         # load first with the interpreter lock released (jobs.loading_torch): the window's longest
-        # freeze meanwhile is ~0.1 s, not ~0.4 s (scripts/preload_bench.py).
+        # freeze meanwhile is ~0.1 s, not ~0.35 s (scripts/preload_bench.py).
         self.settings.ensure_loaded()
 
     def _activate_seeds_layer(self) -> None:
