@@ -333,6 +333,35 @@ def test_prelu_gradients_are_torchs_including_at_zero(num_parameters):
     assert torch.autograd.gradcheck(_PReLUFunction.apply, (xc.requires_grad_(), wc))
 
 
+@pytest.mark.parametrize("x_grad, w_grad", [(True, True), (True, False), (False, True)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_prelu_backward_every_path_matches_torchs(x_grad, w_grad, dtype):
+    """Both grads of a 4-D per-channel float input take the short path in backward; a frozen slope or
+    input takes the general one. Each must give torch's gradients, channels-last inputs included."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 6, 5, 7, generator=g, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    x[1, :, 2, :4] = 0.0
+    upstream = torch.randn(x.shape, generator=g, dtype=dtype)
+    ours, theirs = PReLU(6).to(dtype), nn.PReLU(6).to(dtype)
+    with torch.no_grad():
+        w = torch.linspace(-0.5, 1.5, 6, dtype=dtype)
+        ours.weight.copy_(w)
+        theirs.weight.copy_(w)
+    results = []
+    for module in (ours, theirs):
+        module.weight.requires_grad_(w_grad)
+        xi = x.clone().requires_grad_(x_grad)
+        module(xi).backward(upstream)
+        results.append((xi.grad, module.weight.grad))
+    tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-6}
+    for ours_grad, their_grad, needed in zip(*results, (x_grad, w_grad), strict=True):
+        if needed:
+            torch.testing.assert_close(ours_grad, their_grad, **tol)
+            assert float(ours_grad.abs().max()) > 0
+        else:
+            assert ours_grad is None and their_grad is None
+
+
 def test_enet_training_step_with_fast_prelu_matches_torchs_prelu():
     torch.manual_seed(0)
     ours = ENet()
