@@ -164,36 +164,23 @@ def nnc_available() -> str:
 
 
 _STEP_CHILD = r"""
-import statistics, sys, time
-import torch, torch.nn.functional as F
+import statistics, sys
 import torch._dynamo
-from napari_sizeloss.allocator import tune_allocator
-from napari_sizeloss.device import make_adam
-from napari_sizeloss.network import ENet, {blocks}
+from napari_sizeloss.bench import TrainStep
+from napari_sizeloss.network import {blocks}
 mode = sys.argv[1]
-torch.set_num_threads(2); tune_allocator(); torch.manual_seed(0)
-model = ENet()
-x = torch.rand(1, 1, 256, 256); y = torch.randint(0, 2, (1, 256, 256))
-opt = make_adam(model.parameters(), 5e-3)
-forward = model
+torch.set_num_threads(2)
+step = TrainStep("cpu", size=256, batch=1, compile=mode == "whole network")  # the bench's step (tunes the allocator)
 if mode == "per block":
     torch._dynamo.config.cache_size_limit = 64
     torch._dynamo.config.accumulated_cache_size_limit = 512
-    for m in model.modules():
+    for m in step.forward.modules():
         if isinstance(m, ({blocks})):
             m.compile(dynamic=False)
-elif mode == "whole network":
-    forward = torch.compile(model, dynamic=False)
-def step():
-    opt.zero_grad(set_to_none=True)
-    F.cross_entropy(forward(x), y).backward()
-    opt.step()
-t0 = time.perf_counter(); step(); first = time.perf_counter() - t0
-for _ in range(4): step()
-ts = []
-for _ in range(20):
-    t0 = time.perf_counter(); step(); ts.append(time.perf_counter() - t0)
-print(f"{{first:.1f}} {{statistics.median(ts) * 1000:.1f}}")
+first = step() / 1000
+for _ in range(4):
+    step()
+print(f"{{first:.1f}} {{statistics.median(step() for _ in range(20)):.1f}}")
 """
 
 
