@@ -6,7 +6,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_sizeloss.network import STRIDE, ENet, PReLU, _PReLUFunction, count_parameters, with_torch_prelu
+from napari_sizeloss.network import (
+    STRIDE,
+    DownsamplingBottleneck,
+    ENet,
+    PReLU,
+    RegularBottleneck,
+    UpsamplingBottleneck,
+    _PReLUFunction,
+    _residual_sum,
+    count_parameters,
+    with_torch_prelu,
+)
 
 
 def _eval_model(**kwargs) -> ENet:
@@ -379,3 +390,72 @@ def test_enet_training_step_with_fast_prelu_matches_torchs_prelu():
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
     prelu_grads = [m.weight.grad for m in ours.modules() if isinstance(m, PReLU)]
     assert len(prelu_grads) == 109 and all(float(g.abs().max()) > 0 for g in prelu_grads)
+
+
+# ------------------------------------------------------------------ residual sums written in place
+def _out_of_place(block, x, indices=None):
+    """A bottleneck's output as ``PReLU(main + branch)`` with fresh tensors (the definition)."""
+    dropouts = [m for m in block.modules() if isinstance(m, nn.Dropout2d)]
+    assert dropouts and all(d.inplace for d in dropouts)
+    for d in dropouts:
+        d.inplace = False  # nn.Dropout2d's own default
+    try:
+        branch = block.branch(x)
+    finally:
+        for d in dropouts:
+            d.inplace = True
+    if isinstance(block, RegularBottleneck):
+        main = x
+    elif isinstance(block, DownsamplingBottleneck):
+        main, indices = block.pool(x)
+        main = F.pad(main, (0, 0, 0, 0, 0, block.extra_channels))
+    else:
+        main = block.unpool(block.main(x), indices, output_size=branch.shape[-2:])
+    out = block.out_act(main + branch)
+    return (out, indices) if isinstance(block, DownsamplingBottleneck) else out
+
+
+@pytest.mark.parametrize("kind", ["regular", "downsampling", "upsampling"])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("grad", [True, False])
+def test_bottlenecks_in_place_sums_match_the_definition_and_leave_the_input(kind, channels_last, grad):
+    torch.manual_seed(0)
+    indices = None
+    if kind == "regular":
+        block, x = RegularBottleneck(16, dropout=0.3), torch.randn(2, 16, 12, 12)
+    elif kind == "downsampling":
+        block, x = DownsamplingBottleneck(8, 32, dropout=0.3), torch.randn(2, 8, 12, 12)
+    else:
+        block, x = UpsamplingBottleneck(32, 8, dropout=0.3), torch.randn(2, 32, 6, 6)
+        _, indices = F.max_pool2d(torch.randn(2, 8, 12, 12), 2, return_indices=True)
+    if channels_last:
+        block = block.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    # training: spatial dropout on, the branch ends in dropout's product; inference: in its last PReLU's output
+    block.train(grad)
+    x.requires_grad_(grad)
+    before = x.detach().clone()
+    results = []
+    for forward in (block.forward, lambda *a: _out_of_place(block, *a)):
+        torch.manual_seed(1)  # same dropout masks
+        with torch.set_grad_enabled(grad):
+            out = forward(x, indices) if kind == "upsampling" else forward(x)
+        out = out[0] if kind == "downsampling" else out
+        grads = []
+        if grad:
+            weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+            grads = torch.autograd.grad((out * weights).sum(), [x, *block.parameters()])
+        results.append((out.detach(), grads))
+        assert torch.equal(x.detach(), before)  # the sum is written into the branch, not the input
+    (ours, our_grads), (ref, ref_grads) = results
+    assert torch.equal(ours, ref)
+    assert all(torch.equal(a, b) for a, b in zip(our_grads, ref_grads, strict=True))
+
+
+def test_residual_sum_casts_the_main_path_first_as_before():
+    main = torch.randn(4, 8, dtype=torch.float32) * 1000
+    branch = torch.randn(4, 8).to(torch.bfloat16)
+    expected = main.to(torch.bfloat16) + branch
+    out = _residual_sum(branch, main)
+    assert out is branch and out.dtype == torch.bfloat16
+    assert torch.equal(out, expected)
