@@ -62,7 +62,10 @@ def export_source(rev: str, folder: Path) -> Path:
     """``rev``'s ``src`` folder, written under ``folder``; returns the path to put on PYTHONPATH."""
     archive = folder / "src.tar"
     with open(archive, "wb") as f:
-        subprocess.run(["git", "-C", str(REPO), "archive", rev, "src"], stdout=f, check=True)
+        done = subprocess.run(["git", "-C", str(REPO), "archive", rev, "src"], stdout=f, stderr=subprocess.PIPE,
+                              text=True)
+    if done.returncode:
+        raise SystemExit(f"ab_bench: cannot export src at {rev!r}: {done.stderr.strip().splitlines()[-1]}")
     with tarfile.open(archive) as tar:
         tar.extractall(folder, filter="data")
     return folder / "src"
@@ -70,7 +73,10 @@ def export_source(rev: str, folder: Path) -> Path:
 
 def measure(src: Path, only: str) -> dict:
     env = dict(os.environ, PYTHONPATH=str(src))
-    done = subprocess.run([sys.executable, "-c", CHILD, only], env=env, capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-c", CHILD, only], env=env, capture_output=True, text=True)
+    if done.returncode:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SystemExit(f"ab_bench: the measurement with {src} failed: {last}")
     out = json.loads(done.stdout.strip().splitlines()[-1])
     if not Path(out.pop("module")).is_relative_to(src):
         raise RuntimeError(f"the child imported napari_sizeloss from outside {src}")
@@ -80,10 +86,12 @@ def measure(src: Path, only: str) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="the git revision to compare the working tree with")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5, help="pairs of processes (at least 1)")
     parser.add_argument("--only", default="step256,interactive,cine,roi",
                         help="comma-separated: " + ",".join(UNITS))
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     unknown = set(args.only.split(",")) - set(UNITS)
     if unknown:
         parser.error(f"unknown figure(s): {', '.join(sorted(unknown))}")
