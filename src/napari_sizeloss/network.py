@@ -186,7 +186,7 @@ def _residual_sum(branch: torch.Tensor, main: torch.Tensor) -> torch.Tensor:
     (under autocast the branch may be in half precision), as ``main.to(dtype)
     + branch`` did, so the values are the same to the bit. Summing in place
     skips allocating and writing a fresh activation per bottleneck: whole-slice
-    prediction about 10 % faster on 2 CPU cores (``docs/benchmarks.md``).
+    prediction 5-10 % faster on 2 CPU cores (``docs/benchmarks.md``).
     """
     return branch.add_(main.to(branch.dtype))
 
@@ -196,7 +196,7 @@ def _spatial_dropout(p: float) -> nn.Dropout2d:
 
     It follows a PReLU, whose output no backward pass saves, so autograd
     allows it; the masks and values are those of ``nn.Dropout2d(p)``. It
-    skips a fresh activation per bottleneck in training: a step about 3 %
+    skips a fresh activation per bottleneck in training: steps up to 3 %
     faster on 2 CPU cores. In evaluation mode it returns its input as is.
     """
     return nn.Dropout2d(p, inplace=True)
