@@ -417,8 +417,8 @@ def _out_of_place(block, x, indices=None):
 
 @pytest.mark.parametrize("kind", ["regular", "downsampling", "upsampling"])
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("grad", [True, False])
-def test_bottlenecks_in_place_sums_match_the_definition_and_leave_the_input(kind, channels_last, grad):
+@pytest.mark.parametrize("training, grad", [(True, True), (False, True), (False, False)])
+def test_bottlenecks_in_place_sums_match_the_definition_and_leave_the_input(kind, channels_last, training, grad):
     torch.manual_seed(0)
     indices = None
     if kind == "regular":
@@ -431,8 +431,8 @@ def test_bottlenecks_in_place_sums_match_the_definition_and_leave_the_input(kind
     if channels_last:
         block = block.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    # training: spatial dropout on, the branch ends in dropout's product; inference: in its last PReLU's output
-    block.train(grad)
+    # training: spatial dropout on, the branch ends in dropout's product; otherwise in its last PReLU's output
+    block.train(training)
     x.requires_grad_(grad)
     before = x.detach().clone()
     results = []
