@@ -100,6 +100,8 @@ class _PReLUFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
+        grad_pos = _threshold_backward(grad, x, 0)  # grad where x > 0, else 0
+        grad_neg = grad - grad_pos  # grad where x <= 0, else 0
         if (
             x.dim() == 4
             and weight.numel() > 1
@@ -109,14 +111,10 @@ class _PReLUFunction(torch.autograd.Function):
         ):
             # ENet's case in training, 109 times a step: the general path below costs about 30 us more
             # per call on a tiny activation and 50-240 us on ENet's (scripts/prelu_bench.py).
-            grad_pos = _threshold_backward(grad, x, 0)
-            grad_neg = grad - grad_pos
             grad_x = torch.addcmul(grad_pos, grad_neg, weight.view(1, -1, 1, 1))
             return grad_x, grad_neg.mul_(x).sum((0, 2, 3))
         channel_wise = weight.numel() > 1
         slope = weight.view(1, -1, *([1] * (x.dim() - 2))) if channel_wise else weight.reshape(())
-        grad_pos = _threshold_backward(grad, x, 0)  # grad where x > 0, else 0
-        grad_neg = grad - grad_pos  # grad where x <= 0, else 0
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.addcmul(grad_pos, grad_neg, slope.to(grad.dtype)).to(x.dtype)
