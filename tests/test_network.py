@@ -408,7 +408,7 @@ def _out_of_place(block, x, indices=None):
         main = x
     elif isinstance(block, DownsamplingBottleneck):
         main, indices = block.pool(x)
-        main = F.pad(main, (0, 0, 0, 0, 0, block.extra_channels))
+        main = F.pad(main, (0, 0, 0, 0, 0, branch.shape[1] - main.shape[1]))  # zero channels up to C_out
     else:
         main = block.unpool(block.main(x), indices, output_size=branch.shape[-2:])
     out = block.out_act(main + branch)

@@ -290,7 +290,6 @@ class DownsamplingBottleneck(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, dropout: float) -> None:
         super().__init__()
         inner = out_channels // BOTTLENECK_RATIO
-        self.extra_channels = out_channels - in_channels
         self.pool = nn.MaxPool2d(2, stride=2, return_indices=True)
         self.branch = nn.Sequential(
             nn.Conv2d(in_channels, inner, 2, stride=2, bias=False),
