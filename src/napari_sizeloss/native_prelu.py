@@ -1,0 +1,289 @@
+"""An in-place, per-channel PReLU for inference on the CPU, built from C at first use.
+
+ENet applies 109 PReLUs per pass. torch's ``prelu`` writes each result into
+a fresh tensor, and torch has no in-place per-channel PReLU (``leaky_relu_``
+takes one slope for all channels; no composition of stock operators does it
+in one pass). Writing the result back into the activation it reads, which is
+still in cache, makes whole-slice prediction on 2 CPU cores about 11-14 %
+faster (``python scripts/native_prelu_bench.py``; ``docs/benchmarks.md``).
+
+So on Linux, the first time a prediction wants it, this module compiles
+:data:`SOURCE` (a dozen lines of C, OpenMP-parallel) with the system's C
+compiler (``$CC``, else ``cc`` or ``gcc``; about 0.1 s), caches the shared
+library under the user's cache folder, keyed by the source, the compiler,
+its flags and the CPU (the build targets the CPU it runs on), loads it with
+:mod:`ctypes` and checks it against ``torch.prelu`` on small tensors before
+any use. Without a compiler, on another system, with a torch not built on
+GNU OpenMP, when anything in that goes wrong, or with
+``NAPARI_SIZELOSS_NATIVE=0``, :func:`prelu_` returns False and the caller
+uses ``torch.prelu``: the same values either way (the C kernel computes
+``x > 0 ? x : w[c] * x`` as torch's does, to the bit).
+
+Only tensors that no one else reads may be handed to :func:`prelu_`: it
+overwrites its input. :class:`~napari_sizeloss.network.PReLU` does so only
+without gradients, where each of ENet's PReLUs reads a fresh activation.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+__all__ = ["prelu_", "status", "load", "SOURCE", "ENV_SWITCH", "CACHE_ENV"]
+
+#: Environment variable: "0", "false", "no" or "off" keep torch's PReLU.
+ENV_SWITCH = "NAPARI_SIZELOSS_NATIVE"
+
+#: Environment variable: the folder the compiled library is cached in (default: the user's cache folder).
+CACHE_ENV = "NAPARI_SIZELOSS_CACHE_DIR"
+
+#: Tensors with fewer elements run on one thread (an OpenMP team's start costs more than they do).
+_PARALLEL_MIN = 32768
+
+SOURCE = r"""
+#include <stdint.h>
+#include <string.h>
+
+/* y = x > 0 ? x : w * x, written over x, bit for bit as torch.prelu.
+ * The select is done on the bits so that the compiler vectorises the loop. */
+static inline uint32_t prelu_bits(uint32_t xb, float w) {
+    float x, n;
+    uint32_t nb;
+    memcpy(&x, &xb, 4);
+    n = w * x;
+    memcpy(&nb, &n, 4);
+    uint32_t keep = -(uint32_t)(x > 0.0f);
+    return (xb & keep) | (nb & ~keep);
+}
+
+/* x: rows x channels, channels innermost (an NHWC tensor: rows = N*H*W). */
+void prelu_rows(float *x, const float *w, int64_t rows, int64_t channels, int threads, int64_t parallel_min) {
+    #pragma omp parallel for num_threads(threads) schedule(static) if (rows * channels >= parallel_min)
+    for (int64_t r = 0; r < rows; ++r) {
+        uint32_t *restrict p = (uint32_t *)(x + r * channels);
+        const float *restrict wr = w;
+        for (int64_t c = 0; c < channels; ++c)
+            p[c] = prelu_bits(p[c], wr[c]);
+    }
+}
+
+/* x: planes x plane_size, plane i has slope w[i % channels] (an NCHW tensor: planes = N*C). */
+void prelu_planes(float *x, const float *w, int64_t planes, int64_t channels, int64_t plane_size, int threads,
+                  int64_t parallel_min) {
+    #pragma omp parallel for num_threads(threads) schedule(static) if (planes * plane_size >= parallel_min)
+    for (int64_t i = 0; i < planes; ++i) {
+        uint32_t *restrict p = (uint32_t *)(x + i * plane_size);
+        const float wi = w[i % channels];
+        for (int64_t k = 0; k < plane_size; ++k)
+            p[k] = prelu_bits(p[k], wi);
+    }
+}
+"""
+
+#: Compiler flags: -march=native builds for this CPU (the cache key includes the CPU's flags).
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared")
+
+_lock = threading.Lock()
+_state: dict = {"lib": None, "status": None}
+
+
+def _switched_off() -> bool:
+    return os.environ.get(ENV_SWITCH, "").strip().lower() in ("0", "false", "no", "off")
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _cpu_signature() -> str:
+    """What ``-march=native`` depends on: the CPU's model and feature flags (Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            lines = [ln for ln in f if ln.startswith(("vendor_id", "model name", "flags", "Features"))]
+        return "".join(dict.fromkeys(lines))  # each distinct line once
+    except OSError:
+        return platform.processor()
+
+
+def cache_dir() -> Path:
+    """Where the compiled library is kept: ``$NAPARI_SIZELOSS_CACHE_DIR``, else the user's cache folder."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]) / "native"
+    try:
+        import platformdirs
+
+        return Path(platformdirs.user_cache_dir("napari-sizeloss", appauthor=False)) / "native"
+    except ImportError:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        return Path(base) / "napari-sizeloss" / "native"
+
+
+def _version(compiler: str) -> str:
+    out = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30, check=True)
+    return out.stdout.splitlines()[0] if out.stdout else ""
+
+
+def _build(compiler: str, target: Path) -> None:
+    """Compile :data:`SOURCE` into ``target``, atomically (a half-written library is never there)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        src = Path(tmp) / "prelu.c"
+        src.write_text(SOURCE, encoding="utf-8")
+        out = Path(tmp) / target.name
+        result = subprocess.run([compiler, *FLAGS, str(src), "-o", str(out)], capture_output=True, text=True,
+                                timeout=120)
+        if result.returncode != 0:
+            first = (result.stderr.strip().splitlines() or ["(no message)"])[0]
+            raise RuntimeError(f"{Path(compiler).name} failed: {first}")
+        os.replace(out, target)
+
+
+def _open(compiler: str, target: Path) -> ctypes.CDLL:
+    """Load the library cached at ``target``, building it first if it is missing or does not load."""
+    if target.exists():
+        try:
+            return _bind(ctypes.CDLL(str(target)))
+        except OSError:
+            pass  # truncated or foreign: build it again
+    try:
+        _build(compiler, target)
+    except OSError:  # the cache folder cannot be written: build for this process only
+        with tempfile.TemporaryDirectory(prefix="napari-sizeloss-native-") as tmp:
+            private = Path(tmp) / target.name
+            _build(compiler, private)
+            return _bind(ctypes.CDLL(str(private)))  # once loaded, the file can go
+    return _bind(ctypes.CDLL(str(target)))
+
+
+def _openmp_runtimes() -> set[str]:
+    """Paths of the OpenMP runtimes mapped into this process (Linux)."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            return {ln.split()[-1] for ln in f if "libgomp" in ln or "libiomp" in ln or "libomp" in ln}
+    except OSError:
+        return set()
+
+
+def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    lib.prelu_rows.argtypes = [ptr, ptr, i64, i64, ctypes.c_int, i64]
+    lib.prelu_rows.restype = None
+    lib.prelu_planes.argtypes = [ptr, ptr, i64, i64, i64, ctypes.c_int, i64]
+    lib.prelu_planes.restype = None
+    return lib
+
+
+def _self_test(lib: ctypes.CDLL) -> None:
+    """Both kernels against ``torch.prelu`` on awkward values (zeros of both signs, infinities, NaN)."""
+    gen = torch.Generator().manual_seed(0)
+    special = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), 1e-40, -1e-40, -3.5])
+    weight = torch.cat([torch.tensor([0.25, -0.5, 0.0, 1.0, 1.5]), torch.randn(6, generator=gen)])
+    for shape, layout in (((3, 11, 7, 5), torch.channels_last), ((3, 11, 7, 5), torch.contiguous_format),
+                          ((2, 11, 64, 32), torch.channels_last), ((2, 11, 64, 32), torch.contiguous_format)):
+        x = torch.randn(shape, generator=gen) * 3
+        x.view(-1)[: special.numel()] = special
+        x = x.contiguous(memory_format=layout)
+        expected = torch.prelu(x, weight)
+        if not _run(lib, x, weight, threads=2) or not torch.equal(
+            expected.contiguous().view(torch.int32), x.contiguous().view(torch.int32)
+        ):
+            raise RuntimeError("the compiled PReLU differs from torch.prelu")
+
+
+def load() -> ctypes.CDLL | None:
+    """The compiled library, building and checking it on the first call; None where unavailable.
+
+    :func:`status` says why it is unavailable. Thread-safe; tried once per process.
+    """
+    if _state["status"] is not None:
+        return _state["lib"]
+    with _lock:
+        if _state["status"] is not None:
+            return _state["lib"]
+        lib, why = None, None
+        try:
+            if _switched_off():
+                why = f"off ({ENV_SWITCH}=0)"
+            elif not sys.platform.startswith("linux"):
+                why = f"not built on {sys.platform}"
+            elif "OpenMP" not in torch.__config__.parallel_info():
+                why = "torch does not use OpenMP"
+            elif (compiler := _compiler()) is None:
+                why = "no C compiler (cc, gcc or $CC)"
+            else:
+                version = _version(compiler)
+                key = hashlib.sha256("\0".join(
+                    (SOURCE, " ".join(FLAGS), compiler, version, platform.machine(), _cpu_signature())
+                ).encode()).hexdigest()[:20]
+                candidate = _open(compiler, cache_dir() / f"prelu-{key}.so")
+                if len(_openmp_runtimes()) > 1:  # ours did not bind to torch's libgomp: two thread pools
+                    why = "it loaded a second OpenMP runtime beside torch's"
+                else:
+                    _self_test(candidate)
+                    lib, why = candidate, f"in use ({version or Path(compiler).name})"
+        except Exception as exc:  # noqa: BLE001 - any failure means torch's PReLU, never a crash
+            lib, why = None, f"unavailable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        _state["lib"], _state["status"] = lib, why
+        return lib
+
+
+def status() -> str:
+    """One line: whether the compiled PReLU is in use, or why not (builds it if not yet tried)."""
+    load()
+    return _state["status"]
+
+
+def _run(lib: ctypes.CDLL, x: torch.Tensor, weight: torch.Tensor, threads: int) -> bool:
+    channels = x.shape[1]
+    w = weight.detach()
+    if w.dtype is not torch.float32 or w.device.type != "cpu" or w.numel() != channels or not w.is_contiguous():
+        return False
+    if x.is_contiguous():  # NCHW (checked first: a tensor contiguous both ways is plain NCHW here)
+        planes = x.shape[0] * channels
+        lib.prelu_planes(x.data_ptr(), w.data_ptr(), planes, channels, x.numel() // planes, threads, _PARALLEL_MIN)
+        return True
+    if x.is_contiguous(memory_format=torch.channels_last):
+        lib.prelu_rows(x.data_ptr(), w.data_ptr(), x.numel() // channels, channels, threads, _PARALLEL_MIN)
+        return True
+    return False
+
+
+def prelu_(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Apply PReLU to ``x`` in place, if the compiled kernel can; return whether it did.
+
+    Parameters
+    ----------
+    x : torch.Tensor, float32 (N, C, H, W) on the CPU, contiguous or channels-last
+        Overwritten with ``prelu(x, weight)``. Must not require gradients.
+    weight : torch.Tensor, float32 (C,)
+        One slope per channel.
+
+    Returns False, leaving ``x`` untouched, for anything else (other dtypes,
+    layouts or devices, a single shared slope, tensor subclasses, no kernel).
+    """
+    if (
+        type(x) is not torch.Tensor
+        or x.dtype is not torch.float32
+        or x.dim() != 4
+        or x.device.type != "cpu"
+        or x.requires_grad
+        or x.numel() == 0
+    ):
+        return False
+    lib = _state["lib"] if _state["status"] is not None else load()
+    if lib is None:
+        return False
+    return _run(lib, x, weight, torch.get_num_threads())
