@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from napari_sizeloss import native_prelu
-from napari_sizeloss.network import ENet, PReLU, with_torch_prelu
+from napari_sizeloss.network import (
+    DownsamplingBottleneck,
+    ENet,
+    PReLU,
+    RegularBottleneck,
+    UpsamplingBottleneck,
+    with_torch_prelu,
+)
 
 HAS_COMPILER = sys.platform.startswith("linux") and any(
     shutil.which(c) for c in (os.environ.get("CC") or "cc", "cc", "gcc")
@@ -72,6 +79,52 @@ def test_prelu_in_place_differs_from_a_wrong_slope_per_channel():
     y = -torch.ones(2, 3, 2, 2)
     assert native_prelu.prelu_(y, torch.tensor([0.1, 0.2, 0.3]))
     assert torch.allclose(y[1, :, 1, 1], torch.tensor([-0.1, -0.2, -0.3]))
+
+
+@needs_kernel
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+@pytest.mark.parametrize("shape, added", [((2, 16, 9, 7), 16), ((2, 64, 32, 32), 16), ((3, 5, 4, 4), 1)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_sum_and_prelu_in_place_gives_torchs_bits(layout, shape, added, threads):
+    gen = torch.Generator().manual_seed(sum(shape) + added)
+    y = torch.randn(shape, generator=gen) * 3
+    a = torch.randn((shape[0], added, *shape[2:]), generator=gen) * 3
+    special = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), -1e-42, 1e-30, -2.0])
+    a.view(-1)[: special.numel()] = special
+    y.view(-1)[: special.numel()] = -special.flip(0)
+    y, a = y.contiguous(memory_format=layout), a.contiguous(memory_format=layout)
+    weight = torch.randn(shape[1], generator=gen)
+    summed = y.clone()
+    summed[:, :added] += a
+    expected = torch.prelu(summed, weight)
+    a_before = a.clone()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert native_prelu.add_prelu_(y, a, weight)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(_bits(y), _bits(expected))
+    assert torch.equal(_bits(a), _bits(a_before))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda y: y[:, :4],  # shares y's memory
+        lambda y: torch.randn(2, 4, 6, 6).contiguous(memory_format=torch.channels_last),  # the other layout
+        lambda y: torch.randn(2, 4, 6, 5),  # another size
+        lambda y: torch.randn(3, 4, 6, 6),  # another batch
+        lambda y: torch.randn(2, 9, 6, 6),  # more channels than y
+        lambda y: torch.randn(2, 4, 6, 6, dtype=torch.float64),
+    ],
+)
+def test_sum_and_prelu_refuses_what_it_cannot_do_and_leaves_both(make):
+    y = torch.randn(2, 8, 6, 6)
+    a = make(y)
+    y_before, a_before = y.clone(), a.clone()
+    assert not native_prelu.add_prelu_(y, a, torch.full((8,), 0.5))
+    assert torch.equal(y, y_before) and torch.equal(a, a_before)
 
 
 class _Sub(torch.Tensor):
@@ -205,17 +258,31 @@ def test_enet_prediction_is_the_same_to_the_bit_with_the_kernel(channels_last):
     x = torch.randn(3, 1, 48, 40)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    calls = []
-    real = native_prelu._run
+    calls = {"prelu": 0, "add_prelu": 0}
+    real, real_add = native_prelu._run, native_prelu._run_add
+
+    def counted(name, fn):
+        def run(*args):
+            done = fn(*args)
+            calls[name] += done
+            return done
+
+        return run
+
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(native_prelu, "_run", lambda *a: calls.append(1) or real(*a))
+        mp.setattr(native_prelu, "_run", counted("prelu", real))
+        mp.setattr(native_prelu, "_run_add", counted("add_prelu", real_add))
         with torch.inference_mode():
             fast = model(x)
         with torch.no_grad():
             fast_no_grad = model(x)
     with torch.no_grad():
         expected = reference(x)
-    assert len(calls) == 2 * sum(isinstance(m, PReLU) for m in model.modules())
+    # every PReLU ran compiled; each bottleneck's last one together with its residual sum
+    bottlenecks = sum(isinstance(m, (RegularBottleneck, DownsamplingBottleneck, UpsamplingBottleneck))
+                      for m in model.modules())
+    assert calls["add_prelu"] == 2 * bottlenecks == 2 * 27
+    assert calls["prelu"] + calls["add_prelu"] == 2 * sum(isinstance(m, PReLU) for m in model.modules())
     assert torch.equal(_bits(fast), _bits(expected))
     assert torch.equal(_bits(fast_no_grad), _bits(expected))
 

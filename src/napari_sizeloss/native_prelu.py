@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["prelu_", "status", "load", "SOURCE", "ENV_SWITCH", "CACHE_ENV"]
+__all__ = ["prelu_", "add_prelu_", "status", "load", "SOURCE", "ENV_SWITCH", "CACHE_ENV"]
 
 #: Environment variable: "0", "false", "no" or "off" keep torch's PReLU.
 ENV_SWITCH = "NAPARI_SIZELOSS_NATIVE"
@@ -66,6 +66,16 @@ static inline uint32_t prelu_bits(uint32_t xb, float w) {
     return (xb & keep) | (nb & ~keep);
 }
 
+static inline uint32_t add_prelu_bits(uint32_t yb, uint32_t ab, float w) {
+    float y, a, s;
+    uint32_t sb;
+    memcpy(&y, &yb, 4);
+    memcpy(&a, &ab, 4);
+    s = y + a;
+    memcpy(&sb, &s, 4);
+    return prelu_bits(sb, w);
+}
+
 /* x: rows x channels, channels innermost (an NHWC tensor: rows = N*H*W). */
 void prelu_rows(float *x, const float *w, int64_t rows, int64_t channels, int threads, int64_t parallel_min) {
     #pragma omp parallel for num_threads(threads) schedule(static) if (rows * channels >= parallel_min)
@@ -88,10 +98,45 @@ void prelu_planes(float *x, const float *w, int64_t planes, int64_t channels, in
             p[k] = prelu_bits(p[k], wi);
     }
 }
+
+/* y = prelu(y + a) over y; a has the first `added` of y's channels (rows x added, NHWC). */
+void add_prelu_rows(float *y, const float *a, const float *w, int64_t rows, int64_t channels, int64_t added,
+                    int threads, int64_t parallel_min) {
+    #pragma omp parallel for num_threads(threads) schedule(static) if (rows * channels >= parallel_min)
+    for (int64_t r = 0; r < rows; ++r) {
+        uint32_t *restrict p = (uint32_t *)(y + r * channels);
+        const uint32_t *restrict q = (const uint32_t *)(a + r * added);
+        const float *restrict wr = w;
+        for (int64_t c = 0; c < added; ++c)
+            p[c] = add_prelu_bits(p[c], q[c], wr[c]);
+        for (int64_t c = added; c < channels; ++c)
+            p[c] = prelu_bits(p[c], wr[c]);
+    }
+}
+
+/* The same for NCHW tensors: y has planes = N*channels planes, a has N*added. */
+void add_prelu_planes(float *y, const float *a, const float *w, int64_t planes, int64_t channels, int64_t added,
+                      int64_t plane_size, int threads, int64_t parallel_min) {
+    #pragma omp parallel for num_threads(threads) schedule(static) if (planes * plane_size >= parallel_min)
+    for (int64_t i = 0; i < planes; ++i) {
+        uint32_t *restrict p = (uint32_t *)(y + i * plane_size);
+        const int64_t n = i / channels, c = i % channels;
+        const float wi = w[c];
+        if (c < added) {
+            const uint32_t *restrict q = (const uint32_t *)(a + (n * added + c) * plane_size);
+            for (int64_t k = 0; k < plane_size; ++k)
+                p[k] = add_prelu_bits(p[k], q[k], wi);
+        } else {
+            for (int64_t k = 0; k < plane_size; ++k)
+                p[k] = prelu_bits(p[k], wi);
+        }
+    }
+}
 """
 
-#: Compiler flags: -march=native builds for this CPU (the cache key includes the CPU's flags).
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared")
+#: Compiler flags: -march=native builds for this CPU (the cache key includes the CPU's flags); no
+#: fused multiply-adds, no fast-math: each operation rounds as torch's do.
+FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared")
 
 _lock = threading.Lock()
 _state: dict = {"lib": None, "status": None}
@@ -183,6 +228,10 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.prelu_rows.restype = None
     lib.prelu_planes.argtypes = [ptr, ptr, i64, i64, i64, ctypes.c_int, i64]
     lib.prelu_planes.restype = None
+    lib.add_prelu_rows.argtypes = [ptr, ptr, ptr, i64, i64, i64, ctypes.c_int, i64]
+    lib.add_prelu_rows.restype = None
+    lib.add_prelu_planes.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, ctypes.c_int, i64]
+    lib.add_prelu_planes.restype = None
     return lib
 
 
@@ -197,10 +246,22 @@ def _self_test(lib: ctypes.CDLL) -> None:
         x.view(-1)[: special.numel()] = special
         x = x.contiguous(memory_format=layout)
         expected = torch.prelu(x, weight)
-        if not _run(lib, x, weight, threads=2) or not torch.equal(
-            expected.contiguous().view(torch.int32), x.contiguous().view(torch.int32)
-        ):
+        if not _run(lib, x, weight, threads=2) or not _same_bits(expected, x):
             raise RuntimeError("the compiled PReLU differs from torch.prelu")
+        for added in (shape[1], 4):
+            y = (torch.randn(shape, generator=gen) * 3).contiguous(memory_format=layout)
+            a = torch.randn((shape[0], added, *shape[2:]), generator=gen)
+            a.view(-1)[: special.numel()] = special
+            a = a.contiguous(memory_format=layout)
+            summed = y.clone()
+            summed[:, :added] += a
+            expected = torch.prelu(summed, weight)
+            if not _run_add(lib, y, a, weight, threads=2) or not _same_bits(expected, y):
+                raise RuntimeError("the compiled sum and PReLU differs from torch's")
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return torch.equal(a.contiguous().view(torch.int32), b.contiguous().view(torch.int32))
 
 
 def load() -> ctypes.CDLL | None:
@@ -246,10 +307,16 @@ def status() -> str:
     return _state["status"]
 
 
-def _run(lib: ctypes.CDLL, x: torch.Tensor, weight: torch.Tensor, threads: int) -> bool:
-    channels = x.shape[1]
+def _slopes(weight: torch.Tensor, channels: int) -> torch.Tensor | None:
     w = weight.detach()
     if w.dtype is not torch.float32 or w.device.type != "cpu" or w.numel() != channels or not w.is_contiguous():
+        return None
+    return w
+
+
+def _run(lib: ctypes.CDLL, x: torch.Tensor, weight: torch.Tensor, threads: int) -> bool:
+    channels = x.shape[1]
+    if (w := _slopes(weight, channels)) is None:
         return False
     if x.is_contiguous():  # NCHW (checked first: a tensor contiguous both ways is plain NCHW here)
         planes = x.shape[0] * channels
@@ -259,6 +326,66 @@ def _run(lib: ctypes.CDLL, x: torch.Tensor, weight: torch.Tensor, threads: int) 
         lib.prelu_rows(x.data_ptr(), w.data_ptr(), x.numel() // channels, channels, threads, _PARALLEL_MIN)
         return True
     return False
+
+
+def _run_add(lib: ctypes.CDLL, y: torch.Tensor, a: torch.Tensor, weight: torch.Tensor, threads: int) -> bool:
+    channels, added = y.shape[1], a.shape[1]
+    if (w := _slopes(weight, channels)) is None or added > channels or a.shape[0] != y.shape[0] \
+            or a.shape[2:] != y.shape[2:]:
+        return False
+    if y.is_contiguous() and a.is_contiguous():  # NCHW
+        planes = y.shape[0] * channels
+        lib.add_prelu_planes(y.data_ptr(), a.data_ptr(), w.data_ptr(), planes, channels, added, y.numel() // planes,
+                             threads, _PARALLEL_MIN)
+        return True
+    if y.is_contiguous(memory_format=torch.channels_last) and a.is_contiguous(memory_format=torch.channels_last):
+        lib.add_prelu_rows(y.data_ptr(), a.data_ptr(), w.data_ptr(), y.numel() // channels, channels, added,
+                           threads, _PARALLEL_MIN)
+        return True
+    return False
+
+
+def _plain(x: torch.Tensor) -> bool:
+    """A float32 4-D tensor on the CPU, not a subclass, without gradients, not empty."""
+    return (
+        type(x) is torch.Tensor
+        and x.dtype is torch.float32
+        and x.dim() == 4
+        and x.device.type == "cpu"
+        and not x.requires_grad
+        and x.numel() > 0
+    )
+
+
+def _library() -> ctypes.CDLL | None:
+    return _state["lib"] if _state["status"] is not None else load()
+
+
+def add_prelu_(y: torch.Tensor, a: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Overwrite ``y`` with ``prelu(y + a)``, if the compiled kernel can; return whether it did.
+
+    A residual bottleneck's sum and activation in one pass over memory
+    instead of two; each value is rounded as ``torch.prelu(y + a)`` rounds it.
+
+    Parameters
+    ----------
+    y : torch.Tensor, float32 (N, C, H, W) on the CPU, contiguous or channels-last
+        The branch; overwritten. Must not require gradients.
+    a : torch.Tensor, float32 (N, C_a, H, W), C_a <= C, in ``y``'s layout
+        Added to ``y``'s first ``C_a`` channels (a downsampling bottleneck's
+        pooled input has fewer channels than its branch); not changed.
+    weight : torch.Tensor, float32 (C,)
+
+    Returns False, leaving both untouched, for anything else (as :func:`prelu_`,
+    or ``a`` and ``y`` sharing memory).
+    """
+    if not (_plain(y) and _plain(a)):
+        return False
+    lo, hi = y.data_ptr(), y.data_ptr() + y.numel() * 4
+    if lo < a.data_ptr() + a.numel() * 4 and a.data_ptr() < hi:
+        return False
+    lib = _library()
+    return lib is not None and _run_add(lib, y, a, weight, torch.get_num_threads())
 
 
 def prelu_(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -274,16 +401,7 @@ def prelu_(x: torch.Tensor, weight: torch.Tensor) -> bool:
     Returns False, leaving ``x`` untouched, for anything else (other dtypes,
     layouts or devices, a single shared slope, tensor subclasses, no kernel).
     """
-    if (
-        type(x) is not torch.Tensor
-        or x.dtype is not torch.float32
-        or x.dim() != 4
-        or x.device.type != "cpu"
-        or x.requires_grad
-        or x.numel() == 0
-    ):
+    if not _plain(x):
         return False
-    lib = _state["lib"] if _state["status"] is not None else load()
-    if lib is None:
-        return False
-    return _run(lib, x, weight, torch.get_num_threads())
+    lib = _library()
+    return lib is not None and _run(lib, x, weight, torch.get_num_threads())

@@ -202,6 +202,28 @@ def _residual_sum(branch: torch.Tensor, main: torch.Tensor) -> torch.Tensor:
     return branch.add_(main.to(branch.dtype))
 
 
+def _sum_and_activate(act: nn.PReLU, branch: torch.Tensor, main: torch.Tensor) -> torch.Tensor:
+    """A bottleneck's output, ``act(main + branch)``, written into ``branch`` and returned.
+
+    ``main`` may have fewer channels than ``branch`` (a downsampling
+    bottleneck's pooled input): it is added to the first ones, the rest being
+    zero. In prediction on the CPU (no gradients, ``act`` this module's
+    :class:`PReLU`) the sum and the activation are one pass of
+    :func:`napari_sizeloss.native_prelu.add_prelu_` when it is available
+    (the same values to the bit); otherwise :func:`_residual_sum` then ``act``.
+    """
+    if (
+        not torch.is_grad_enabled()
+        and type(act) is PReLU
+        and not _compiling()
+        and not _tracing()
+        and native_prelu.add_prelu_(branch, main, act.weight)
+    ):
+        return branch
+    _residual_sum(branch if main.shape[1] == branch.shape[1] else branch[:, : main.shape[1]], main)
+    return act(branch)
+
+
 def _spatial_dropout(p: float) -> nn.Dropout2d:
     """Spatial dropout (whole channels zeroed with probability ``p``) that scales its input in place.
 
@@ -285,7 +307,7 @@ class RegularBottleneck(nn.Module):
         self.out_act = PReLU(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out_act(_residual_sum(self.branch(x), x))
+        return _sum_and_activate(self.out_act, self.branch(x), x)
 
 
 class DownsamplingBottleneck(nn.Module):
@@ -319,8 +341,7 @@ class DownsamplingBottleneck(nn.Module):
         main, indices = self.pool(x)
         branch = self.branch(x)
         # the main path's channels are zero beyond the first C_in: add only those
-        _residual_sum(branch[:, : main.shape[1]], main)
-        return self.out_act(branch), indices
+        return _sum_and_activate(self.out_act, branch, main), indices
 
 
 class UpsamplingBottleneck(nn.Module):
@@ -351,7 +372,7 @@ class UpsamplingBottleneck(nn.Module):
     def forward(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         branch = self.branch(x)
         main = self.unpool(self.main(x).to(branch.dtype), indices, output_size=branch.shape[-2:])
-        return self.out_act(_residual_sum(branch, main))
+        return _sum_and_activate(self.out_act, branch, main)
 
 
 def _stage_2_or_3(dropout: float) -> nn.Sequential:
