@@ -321,3 +321,82 @@ def test_predict_volume_is_the_same_with_and_without_the_kernel(monkeypatch):
     without = predict_volume(model, image, normalisation=None)
     assert with_kernel.shape == image.shape
     assert np.array_equal(with_kernel.view(np.int32), without.view(np.int32))
+
+
+@needs_kernel
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+@pytest.mark.parametrize("shape", [(1, 1, 3, 3), (2, 5, 7, 9), (4, 16, 64, 64)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_prelu_out_of_place_and_its_backward_give_the_bits_of_torchs_operators(layout, shape, threads):
+    gen = torch.Generator().manual_seed(7 + sum(shape))
+    x = torch.randn(shape, generator=gen) * 3
+    grad = torch.randn(shape, generator=gen)
+    special = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), -1e-42, 1e-42, -2.0, 3.0])
+    n = min(special.numel(), x.numel())
+    x.view(-1)[:n] = special[:n]
+    grad.view(-1)[-n:] = special[:n]
+    x, grad = x.contiguous(memory_format=layout), grad.contiguous(memory_format=layout)
+    weight = torch.randn(shape[1], generator=gen)
+    x_before = x.clone()
+    grad_pos = torch.ops.aten.threshold_backward.default(grad, x, 0)
+    grad_neg = grad - grad_pos
+    expected_grad_x = torch.addcmul(grad_pos, grad_neg, weight.view(1, -1, 1, 1))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        y = native_prelu.prelu(x, weight)
+        grad_x, terms = native_prelu.prelu_backward(grad, x, weight)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(_bits(y), _bits(torch.prelu(x, weight)))
+    assert y.is_contiguous(memory_format=layout)
+    assert torch.equal(_bits(grad_x), _bits(expected_grad_x))
+    assert torch.equal(_bits(terms), _bits(grad_neg * x))
+    assert torch.equal(_bits(x), _bits(x_before))  # read only
+
+
+def test_prelu_backward_refuses_mixed_layouts_and_shapes():
+    x = torch.randn(2, 3, 4, 5)
+    weight = torch.full((3,), 0.5)
+    assert native_prelu.prelu_backward(x.contiguous(memory_format=torch.channels_last), x, weight) is None
+    assert native_prelu.prelu_backward(torch.randn(2, 3, 4, 4), x, weight) is None
+    assert native_prelu.prelu_backward(x.double(), x.double(), weight) is None
+    assert native_prelu.prelu(x[..., ::2], weight) is None
+
+
+@needs_kernel
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_enet_training_step_is_the_same_to_the_bit_with_the_kernel(channels_last, monkeypatch):
+    """Forward (dropout on), loss, every gradient and the batch-norm statistics: kernel on and off."""
+    loaded = {"lib": native_prelu.load(), "status": native_prelu.status()}
+    x = torch.randn(2, 1, 40, 48)
+    target = torch.randint(0, 2, (2, 40, 48))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    results = {}
+    calls = {"out": 0, "backward": 0}
+    for use in (True, False):
+        monkeypatch.setitem(native_prelu._state, "lib", loaded["lib"] if use else None)
+        monkeypatch.setitem(native_prelu._state, "status", loaded["status"] if use else "off (test)")
+        torch.manual_seed(11)
+        model = ENet(in_channels=1, num_classes=2).train()
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        with pytest.MonkeyPatch.context() as mp:
+            for name, key in (("_run_out", "out"), ("_run_backward", "backward")):
+                real = getattr(native_prelu, name)
+
+                def counted(*args, real=real, key=key):
+                    result = real(*args)
+                    calls[key] += result is not None
+                    return result
+
+                mp.setattr(native_prelu, name, counted)
+            logits = model(x)
+            loss = torch.nn.functional.cross_entropy(logits, target)
+            loss.backward()
+        results[use] = [logits.detach(), loss.detach()] + [p.grad for p in model.parameters()] + list(model.buffers())
+    prelus = sum(isinstance(m, PReLU) for m in model.modules())
+    assert calls == {"out": prelus, "backward": prelus}  # each PReLU of the step ran compiled, with the kernel on
+    for a, b in zip(results[True], results[False], strict=True):
+        assert torch.equal(_bits(a.float()), _bits(b.float()))

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["prelu_", "add_prelu_", "status", "load", "SOURCE", "ENV_SWITCH", "CACHE_ENV"]
+__all__ = ["prelu_", "add_prelu_", "prelu", "prelu_backward", "status", "load", "SOURCE", "ENV_SWITCH", "CACHE_ENV"]
 
 #: Environment variable: "0", "false", "no" or "off" keep torch's PReLU.
 ENV_SWITCH = "NAPARI_SIZELOSS_NATIVE"
@@ -130,6 +130,78 @@ void add_prelu_planes(float *y, const float *a, const float *w, int64_t planes, 
             for (int64_t k = 0; k < plane_size; ++k)
                 p[k] = prelu_bits(p[k], wi);
         }
+    }
+}
+
+/* Out of place, for training's forward: out = prelu(x), NHWC rows or NCHW planes as above. */
+void prelu_rows_out(const float *restrict x, float *restrict out, const float *restrict w, int64_t rows,
+                    int64_t channels, int threads, int64_t parallel_min) {
+    #pragma omp parallel for num_threads(threads) schedule(static) if (rows * channels >= parallel_min)
+    for (int64_t r = 0; r < rows; ++r) {
+        const uint32_t *restrict p = (const uint32_t *)(x + r * channels);
+        uint32_t *restrict o = (uint32_t *)(out + r * channels);
+        for (int64_t c = 0; c < channels; ++c)
+            o[c] = prelu_bits(p[c], w[c]);
+    }
+}
+
+void prelu_planes_out(const float *restrict x, float *restrict out, const float *restrict w, int64_t planes,
+                      int64_t channels, int64_t plane_size, int threads, int64_t parallel_min) {
+    #pragma omp parallel for num_threads(threads) schedule(static) if (planes * plane_size >= parallel_min)
+    for (int64_t i = 0; i < planes; ++i) {
+        const uint32_t *restrict p = (const uint32_t *)(x + i * plane_size);
+        uint32_t *restrict o = (uint32_t *)(out + i * plane_size);
+        const float wi = w[i % channels];
+        for (int64_t k = 0; k < plane_size; ++k)
+            o[k] = prelu_bits(p[k], wi);
+    }
+}
+
+/* Training's backward, as network._PReLUFunction computes it with torch's operators:
+ * gp = x <= 0 ? 0 : g (threshold_backward), gn = g - gp, gx = gp + gn * w, t = gn * x
+ * (torch then sums t per channel for the slope's gradient). */
+static inline void prelu_grad_bits(uint32_t gb, uint32_t xbits, float w, uint32_t *gx, uint32_t *t) {
+    float g, x, gp, gn, a, b;
+    uint32_t gpb;
+    memcpy(&g, &gb, 4);
+    memcpy(&x, &xbits, 4);
+    uint32_t zero = -(uint32_t)(x <= 0.0f);
+    gpb = gb & ~zero;
+    memcpy(&gp, &gpb, 4);
+    gn = g - gp;
+    a = gp + gn * w;
+    b = gn * x;
+    memcpy(gx, &a, 4);
+    memcpy(t, &b, 4);
+}
+
+void prelu_backward_rows(const float *restrict g, const float *restrict x, const float *restrict w,
+                         float *restrict gx, float *restrict t, int64_t rows, int64_t channels, int threads,
+                         int64_t parallel_min) {
+    #pragma omp parallel for num_threads(threads) schedule(static) if (rows * channels >= parallel_min)
+    for (int64_t r = 0; r < rows; ++r) {
+        const uint32_t *restrict gr = (const uint32_t *)(g + r * channels);
+        const uint32_t *restrict xr = (const uint32_t *)(x + r * channels);
+        uint32_t *restrict gxr = (uint32_t *)(gx + r * channels);
+        uint32_t *restrict tr = (uint32_t *)(t + r * channels);
+        for (int64_t c = 0; c < channels; ++c)
+            prelu_grad_bits(gr[c], xr[c], w[c], &gxr[c], &tr[c]);
+    }
+}
+
+void prelu_backward_planes(const float *restrict g, const float *restrict x, const float *restrict w,
+                           float *restrict gx, float *restrict t, int64_t planes, int64_t channels,
+                           int64_t plane_size, int threads, int64_t parallel_min) {
+    #pragma omp parallel for num_threads(threads) schedule(static) if (planes * plane_size >= parallel_min)
+    for (int64_t i = 0; i < planes; ++i) {
+        const int64_t o = i * plane_size;
+        const uint32_t *restrict gp = (const uint32_t *)(g + o);
+        const uint32_t *restrict xp = (const uint32_t *)(x + o);
+        uint32_t *restrict gxp = (uint32_t *)(gx + o);
+        uint32_t *restrict tp = (uint32_t *)(t + o);
+        const float wi = w[i % channels];
+        for (int64_t k = 0; k < plane_size; ++k)
+            prelu_grad_bits(gp[k], xp[k], wi, &gxp[k], &tp[k]);
     }
 }
 """
@@ -232,6 +304,14 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.add_prelu_rows.restype = None
     lib.add_prelu_planes.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, ctypes.c_int, i64]
     lib.add_prelu_planes.restype = None
+    lib.prelu_rows_out.argtypes = [ptr, ptr, ptr, i64, i64, ctypes.c_int, i64]
+    lib.prelu_rows_out.restype = None
+    lib.prelu_planes_out.argtypes = [ptr, ptr, ptr, i64, i64, i64, ctypes.c_int, i64]
+    lib.prelu_planes_out.restype = None
+    lib.prelu_backward_rows.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64, ctypes.c_int, i64]
+    lib.prelu_backward_rows.restype = None
+    lib.prelu_backward_planes.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64, i64, ctypes.c_int, i64]
+    lib.prelu_backward_planes.restype = None
     return lib
 
 
@@ -258,6 +338,24 @@ def _self_test(lib: ctypes.CDLL) -> None:
             expected = torch.prelu(summed, weight)
             if not _run_add(lib, y, a, weight, threads=2) or not _same_bits(expected, y):
                 raise RuntimeError("the compiled sum and PReLU differs from torch's")
+
+
+    for shape, layout in (((3, 11, 7, 5), torch.channels_last), ((2, 11, 64, 32), torch.contiguous_format),
+                          ((2, 11, 64, 32), torch.channels_last)):
+        x = torch.randn(shape, generator=gen) * 3
+        g = torch.randn(shape, generator=gen)
+        x.view(-1)[: special.numel()] = special
+        g.view(-1)[-special.numel():] = special
+        x, g = x.contiguous(memory_format=layout), g.contiguous(memory_format=layout)
+        y = _run_out(lib, x, weight, threads=2)
+        if y is None or not _same_bits(torch.prelu(x, weight), y):
+            raise RuntimeError("the compiled PReLU (out of place) differs from torch.prelu")
+        grad_pos = torch.ops.aten.threshold_backward.default(g, x, 0)
+        grad_neg = g - grad_pos
+        expected = (torch.addcmul(grad_pos, grad_neg, weight.view(1, -1, 1, 1)), grad_neg * x)
+        got = _run_backward(lib, g, x, weight, threads=2)
+        if got is None or not all(_same_bits(e, o) for e, o in zip(expected, got, strict=True)):
+            raise RuntimeError("the compiled PReLU backward differs from torch's operators")
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -328,6 +426,49 @@ def _run(lib: ctypes.CDLL, x: torch.Tensor, weight: torch.Tensor, threads: int) 
     return False
 
 
+def _layout(x: torch.Tensor) -> str | None:
+    """``"planes"`` for a contiguous NCHW tensor, ``"rows"`` for a channels-last one, else None."""
+    if x.is_contiguous():
+        return "planes"
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return "rows"
+    return None
+
+
+def _run_out(lib: ctypes.CDLL, x: torch.Tensor, weight: torch.Tensor, threads: int) -> torch.Tensor | None:
+    channels = x.shape[1]
+    if (w := _slopes(weight, channels)) is None or (layout := _layout(x)) is None:
+        return None
+    out = torch.empty_like(x)  # x's layout
+    if layout == "planes":
+        planes = x.shape[0] * channels
+        lib.prelu_planes_out(x.data_ptr(), out.data_ptr(), w.data_ptr(), planes, channels, x.numel() // planes,
+                             threads, _PARALLEL_MIN)
+    else:
+        lib.prelu_rows_out(x.data_ptr(), out.data_ptr(), w.data_ptr(), x.numel() // channels, channels, threads,
+                           _PARALLEL_MIN)
+    return out
+
+
+def _run_backward(lib: ctypes.CDLL, grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                  threads: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    channels = x.shape[1]
+    if (w := _slopes(weight, channels)) is None or grad.shape != x.shape:
+        return None
+    layout = _layout(x)
+    if layout is None or _layout(grad) != layout:
+        return None
+    grad_x, product = torch.empty_like(x), torch.empty_like(x)
+    if layout == "planes":
+        planes = x.shape[0] * channels
+        lib.prelu_backward_planes(grad.data_ptr(), x.data_ptr(), w.data_ptr(), grad_x.data_ptr(), product.data_ptr(),
+                                  planes, channels, x.numel() // planes, threads, _PARALLEL_MIN)
+    else:
+        lib.prelu_backward_rows(grad.data_ptr(), x.data_ptr(), w.data_ptr(), grad_x.data_ptr(), product.data_ptr(),
+                                x.numel() // channels, channels, threads, _PARALLEL_MIN)
+    return grad_x, product
+
+
 def _run_add(lib: ctypes.CDLL, y: torch.Tensor, a: torch.Tensor, weight: torch.Tensor, threads: int) -> bool:
     channels, added = y.shape[1], a.shape[1]
     if (w := _slopes(weight, channels)) is None or added > channels or a.shape[0] != y.shape[0] \
@@ -345,16 +486,15 @@ def _run_add(lib: ctypes.CDLL, y: torch.Tensor, a: torch.Tensor, weight: torch.T
     return False
 
 
-def _plain(x: torch.Tensor) -> bool:
-    """A float32 4-D tensor on the CPU, not a subclass, without gradients, not empty."""
-    return (
-        type(x) is torch.Tensor
-        and x.dtype is torch.float32
-        and x.dim() == 4
-        and x.device.type == "cpu"
-        and not x.requires_grad
+def _float4d(x: torch.Tensor) -> bool:
+    """A float32 4-D tensor on the CPU, not a subclass, not empty."""
+    return type(x) is torch.Tensor and x.dtype is torch.float32 and x.dim() == 4 and x.device.type == "cpu" \
         and x.numel() > 0
-    )
+
+
+def _plain(x: torch.Tensor) -> bool:
+    """As :func:`_float4d`, and without gradients (it may be overwritten)."""
+    return _float4d(x) and not x.requires_grad
 
 
 def _library() -> ctypes.CDLL | None:
@@ -405,3 +545,32 @@ def prelu_(x: torch.Tensor, weight: torch.Tensor) -> bool:
         return False
     lib = _library()
     return lib is not None and _run(lib, x, weight, torch.get_num_threads())
+
+
+def prelu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+    """``torch.prelu(x, weight)`` into a new tensor laid out as ``x``, or None where the kernel cannot.
+
+    For training's forward pass (``x`` is kept for the backward pass, so it
+    is not overwritten): the same bits as ``torch.prelu``, one pass on all
+    of torch's threads. Shapes and layouts as :func:`prelu_`.
+    """
+    if not _float4d(x):
+        return None
+    lib = _library()
+    return None if lib is None else _run_out(lib, x, weight, torch.get_num_threads())
+
+
+def prelu_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """PReLU's input gradient and the per-element terms of its slopes' gradient, in one pass.
+
+    Returns ``(grad_x, terms)``, the same bits as torch's operators give them
+    (``grad_pos = threshold_backward(grad, x, 0)``, ``grad_neg = grad -
+    grad_pos``, ``grad_x = addcmul(grad_pos, grad_neg, weight)``, ``terms =
+    grad_neg * x``; the slopes' gradient is ``terms.sum((0, 2, 3))``), or None
+    where the kernel cannot (``grad`` and ``x`` float32, 4-D, on the CPU,
+    both contiguous or both channels-last).
+    """
+    if not (_float4d(x) and _float4d(grad)):
+        return None
+    lib = _library()
+    return None if lib is None else _run_backward(lib, grad, x, weight, torch.get_num_threads())

@@ -96,12 +96,17 @@ class _PReLUFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
-        return torch.prelu(x, weight)
+        y = native_prelu.prelu(x, weight)
+        return torch.prelu(x, weight) if y is None else y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
+        if ctx.needs_input_grad == (True, True) and (fused := native_prelu.prelu_backward(grad, x, weight)):
+            # the same values as the short path below, in one pass (napari_sizeloss.native_prelu)
+            grad_x, terms = fused
+            return grad_x, terms.sum((0, 2, 3))
         grad_pos = _threshold_backward(grad, x, 0)  # grad where x > 0, else 0
         grad_neg = grad - grad_pos  # grad where x <= 0, else 0
         if (
