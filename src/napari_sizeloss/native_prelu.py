@@ -560,7 +560,9 @@ def prelu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
     return None if lib is None else _run_out(lib, x, weight, torch.get_num_threads())
 
 
-def prelu_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+def prelu_backward(
+    grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """PReLU's input gradient and the per-element terms of its slopes' gradient, in one pass.
 
     Returns ``(grad_x, terms)``, the same bits as torch's operators give them
