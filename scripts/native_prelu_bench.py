@@ -1,6 +1,6 @@
 """Prediction with the compiled in-place PReLU against torch's PReLU, alternating in one process.
 
-    python scripts/native_prelu_bench.py [--rounds 6] [--threads 2]
+    python scripts/native_prelu_bench.py [--rounds 6] [--threads 2] [--only forward,cine,roi,step256,interactive]
 
 Each round measures, with the kernel (:mod:`napari_sizeloss.native_prelu`)
 and without it (``torch.prelu``, as before; the order flips every round):
@@ -10,10 +10,13 @@ and without it (``torch.prelu``, as before; the order flips every round):
 - ``cine``: every pixel of a 256x256x10x25 cine (s), as ``napari-sizeloss bench``
 - ``roi``: the same inside the 96x96 region of interest, averaged over the
   4 flips (s), what the trainer's predictions cost
+- ``step256``: a training step on a 256x256 slice, batch 1 (ms, median of 8)
+- ``interactive``: a training step on the interactive batch, 96x96 crops x 8
+  (ms, median of 8), both as ``napari-sizeloss bench`` measures them
 
 and prints each round, the medians and the median of the paired ratios
 (kernel / torch; below 1 is faster). The network's output is checked to be
-the same to the bit first.
+the same to the bit first (training's is, in ``tests/test_native_prelu.py``).
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", default="forward,cine,roi,step256,interactive",
+                        help="comma-separated figures (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tune_allocator()
@@ -80,11 +85,27 @@ def main() -> int:
                 times.append((time.perf_counter() - t) * 1e3)
         return statistics.median(times[1:])
 
+    steps = {}
+
+    def step_ms(size: int, batch: int) -> float:
+        if (size, batch) not in steps:  # one model per shape, warmed up once; the rounds alternate on it
+            steps[size, batch] = bench.TrainStep(cpu, size=size, batch=batch, channels_last=True)
+            for _ in range(3):
+                steps[size, batch]()
+        return statistics.median(steps[size, batch]() for _ in range(8))
+
+    batch = TrainConfig.interactive().batch_size
     figures = {
         "forward": (forward_ms, "ms"),
         "cine": (lambda: bench.predict_cine_s(cpu, repeats=1), "s"),
         "roi": (lambda: bench.predict_cine_s(cpu, repeats=1, box_side=crop, tta="flips"), "s"),
+        "step256": (lambda: step_ms(256, 1), "ms"),
+        "interactive": (lambda: step_ms(crop, batch), "ms"),
     }
+    wanted = args.only.split(",")
+    if unknown := set(wanted) - set(figures):
+        parser.error(f"unknown figure(s) {', '.join(sorted(unknown))}; choose from {', '.join(figures)}")
+    figures = {name: figures[name] for name in wanted}
     results = {name: {True: [], False: []} for name in figures}
     for r in range(args.rounds):
         order = (False, True) if r % 2 else (True, False)
