@@ -294,24 +294,26 @@ def _openmp_runtimes() -> set[str]:
         return set()
 
 
+#: Each kernel's C signature after its pointers: "i" an int64_t, "t" the thread count (int).
+_SIGNATURES = {
+    "prelu_rows": (2, "iiti"),
+    "prelu_planes": (2, "iiiti"),
+    "add_prelu_rows": (3, "iiiti"),
+    "add_prelu_planes": (3, "iiiiti"),
+    "prelu_rows_out": (3, "iiti"),
+    "prelu_planes_out": (3, "iiiti"),
+    "prelu_backward_rows": (5, "iiti"),
+    "prelu_backward_planes": (5, "iiiti"),
+}
+
+
 def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.prelu_rows.argtypes = [ptr, ptr, i64, i64, ctypes.c_int, i64]
-    lib.prelu_rows.restype = None
-    lib.prelu_planes.argtypes = [ptr, ptr, i64, i64, i64, ctypes.c_int, i64]
-    lib.prelu_planes.restype = None
-    lib.add_prelu_rows.argtypes = [ptr, ptr, ptr, i64, i64, i64, ctypes.c_int, i64]
-    lib.add_prelu_rows.restype = None
-    lib.add_prelu_planes.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, ctypes.c_int, i64]
-    lib.add_prelu_planes.restype = None
-    lib.prelu_rows_out.argtypes = [ptr, ptr, ptr, i64, i64, ctypes.c_int, i64]
-    lib.prelu_rows_out.restype = None
-    lib.prelu_planes_out.argtypes = [ptr, ptr, ptr, i64, i64, i64, ctypes.c_int, i64]
-    lib.prelu_planes_out.restype = None
-    lib.prelu_backward_rows.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64, ctypes.c_int, i64]
-    lib.prelu_backward_rows.restype = None
-    lib.prelu_backward_planes.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64, i64, ctypes.c_int, i64]
-    lib.prelu_backward_planes.restype = None
+    """Declare each kernel's argument types (a wrong count would be undefined behaviour, not an error)."""
+    kinds = {"i": ctypes.c_int64, "t": ctypes.c_int}
+    for name, (pointers, rest) in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes = [ctypes.c_void_p] * pointers + [kinds[k] for k in rest]
+        fn.restype = None
     return lib
 
 
