@@ -53,7 +53,7 @@ def machine_info(device) -> dict:
     else:
         from .native_prelu import status
 
-        info["native_prelu"] = status()  # CPU prediction 11-14 % faster with it (napari_sizeloss.native_prelu)
+        info["native_prelu"] = status()  # with it, CPU prediction 11-14 % faster, training steps 5-8 %
     # settings that move the figures: OMP_WAIT_POLICY=PASSIVE made steps 2.4x slower here
     # (docs/benchmarks.md, levers); the allocator switch changes steps by about 8 %
     env = {name: os.environ[name] for name in ENV_SETTINGS if name in os.environ}

@@ -1,27 +1,39 @@
-"""An in-place, per-channel PReLU for inference on the CPU, built from C at first use.
+"""ENet's PReLUs on the CPU through a small C kernel built at first use: in place for prediction, one pass for training.
 
 ENet applies 109 PReLUs per pass. torch's ``prelu`` writes each result into
-a fresh tensor, and torch has no in-place per-channel PReLU (``leaky_relu_``
+a fresh tensor, torch has no in-place per-channel PReLU (``leaky_relu_``
 takes one slope for all channels; no composition of stock operators does it
-in one pass). Writing the result back into the activation it reads, which is
-still in cache, makes whole-slice prediction on 2 CPU cores about 11-14 %
-faster (``python scripts/native_prelu_bench.py``; ``docs/benchmarks.md``).
+in one pass), and the backward pass our :class:`~napari_sizeloss.network.PReLU`
+builds from torch's operators makes four passes over memory. This module's
+kernels, each the same arithmetic as torch's in the same order (so the same
+bits):
 
-So on Linux, the first time a prediction wants it, this module compiles
-:data:`SOURCE` (a dozen lines of C, OpenMP-parallel) with the system's C
-compiler (``$CC``, else ``cc`` or ``gcc``; about 0.1 s), caches the shared
-library under the user's cache folder, keyed by the source, the compiler,
-its flags and the CPU (the build targets the CPU it runs on), loads it with
-:mod:`ctypes` and checks it against ``torch.prelu`` on small tensors before
-any use. Without a compiler, on another system, with a torch not built on
-GNU OpenMP, when anything in that goes wrong, or with
-``NAPARI_SIZELOSS_NATIVE=0``, :func:`prelu_` returns False and the caller
-uses ``torch.prelu``: the same values either way (the C kernel computes
-``x > 0 ? x : w[c] * x`` as torch's does, to the bit).
+- :func:`prelu_`: PReLU written over its input (prediction);
+- :func:`add_prelu_`: a bottleneck's ``prelu(branch + main)`` written over
+  the branch (prediction);
+- :func:`prelu`: PReLU into a new tensor in one pass on torch's threads
+  (training's forward, which keeps the input for the backward pass);
+- :func:`prelu_backward`: the input's gradient and the slopes' per-element
+  terms in one pass (training's backward).
 
-Only tensors that no one else reads may be handed to :func:`prelu_`: it
-overwrites its input. :class:`~napari_sizeloss.network.PReLU` does so only
-without gradients, where each of ENet's PReLUs reads a fresh activation.
+Whole-slice prediction on 2 CPU cores is 11-14 % faster, training steps 5-8 %
+(``python scripts/native_prelu_bench.py``; ``docs/benchmarks.md``).
+
+On Linux, the first time a kernel is wanted, this module compiles
+:data:`SOURCE` (OpenMP C) with the system's C compiler (``$CC``, else ``cc``
+or ``gcc``; about 0.1 s), caches the shared library under the user's cache
+folder (``$NAPARI_SIZELOSS_CACHE_DIR`` overrides it), keyed by the source,
+the compiler, its flags and the CPU (the build targets the CPU it runs on),
+loads it with :mod:`ctypes` and checks every kernel against torch's
+operators on awkward values (signed zeros, infinities, NaN, subnormals)
+before any use. Without a compiler, on another system, with a torch not
+built on GNU OpenMP, when anything in that goes wrong, or with
+``NAPARI_SIZELOSS_NATIVE=0``, each function returns False or None and the
+caller uses torch's operators; :func:`status` says which.
+
+Only tensors that no one else reads may be handed to :func:`prelu_` and
+:func:`add_prelu_`: they overwrite their input. ENet does so only without
+gradients, where each of its PReLUs reads a fresh activation.
 """
 
 from __future__ import annotations
@@ -273,8 +285,8 @@ def _open(compiler: str, target: Path) -> ctypes.CDLL:
     if target.exists():
         try:
             return _bind(ctypes.CDLL(str(target)))
-        except OSError:
-            pass  # truncated or foreign: build it again
+        except (OSError, AttributeError):
+            pass  # truncated, foreign, or without our kernels: build it again
     try:
         _build(compiler, target)
     except OSError:  # the cache folder cannot be written: build for this process only

@@ -90,7 +90,10 @@ class _PReLUFunction(torch.autograd.Function):
     both gradients wanted) skips the general path's dtype and shape handling
     and reuses its temporary for the slope's gradient: 0.55 -> 0.36 ms on
     that activation, and the fixed cost of a step (``scripts/step_profile.py
-    --size 16``) 37.8 -> 34.4 ms.
+    --size 16``) 37.8 -> 34.4 ms. Since 2026-12-07, for float32 on the CPU,
+    the forward and that case's backward go through
+    :mod:`napari_sizeloss.native_prelu`'s compiled kernels where available
+    (one pass each, the same bits; training steps 5-8 % faster).
     """
 
     @staticmethod
@@ -140,16 +143,19 @@ _tracing = torch.jit.is_tracing
 
 
 class PReLU(nn.PReLU):
-    """:class:`torch.nn.PReLU` (same parameters, same results) with a faster backward pass on the CPU.
+    """:class:`torch.nn.PReLU` (same parameters, same results), faster on the CPU.
 
-    Without gradients on the CPU (prediction) it writes its result into its
-    input when :mod:`napari_sizeloss.native_prelu`'s compiled kernel is
-    available (the same values; whole-slice prediction 11-14 % faster): in
-    ENet each PReLU reads a fresh activation that nothing else holds, so
-    use it only where that is so. Elsewhere (CUDA, MPS), when the kernel is
-    not available, while tracing, and under ``torch.compile`` (whose
-    generated code fuses torch's PReLU and its backward with the
-    neighbouring operators) it is ``nn.PReLU`` itself.
+    On the CPU, with gradients (training), it runs :class:`_PReLUFunction`
+    (a faster backward pass; forward and backward through
+    :mod:`napari_sizeloss.native_prelu`'s compiled kernels where they are
+    available). Without gradients (prediction) it writes its result into
+    its input when the kernel is available (whole-slice prediction 11-14 %
+    faster): in ENet each PReLU reads a fresh activation that nothing else
+    holds, so use it only where that is so. The values are the same to the
+    bit on every path. On other devices, without gradients when the kernel
+    is not available, while ``torch.jit`` traces, and under
+    ``torch.compile`` (whose generated code fuses torch's PReLU and its
+    backward with the neighbouring operators) it is ``nn.PReLU`` itself.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
