@@ -35,6 +35,9 @@ from napari_sizeloss.network import ENet
 from napari_sizeloss.trainer import TrainConfig
 
 
+FIGURES = ("forward", "cine", "roi", "step256", "interactive")
+
+
 def _set(use_kernel: bool, loaded: dict) -> None:
     native_prelu._state.update(loaded if use_kernel else {"lib": None, "status": "off (bench)"})
 
@@ -46,6 +49,11 @@ def main() -> int:
     parser.add_argument("--only", default="forward,cine,roi,step256,interactive",
                         help="comma-separated figures (default: all)")
     args = parser.parse_args()
+    wanted = args.only.split(",")
+    if unknown := set(wanted) - set(FIGURES):
+        parser.error(f"unknown figure(s) {', '.join(sorted(unknown))}; choose from {', '.join(FIGURES)}")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     torch.set_num_threads(args.threads)
     tune_allocator()
     if native_prelu.load() is None:
@@ -102,9 +110,6 @@ def main() -> int:
         "step256": (lambda: step_ms(256, 1), "ms"),
         "interactive": (lambda: step_ms(crop, batch), "ms"),
     }
-    wanted = args.only.split(",")
-    if unknown := set(wanted) - set(figures):
-        parser.error(f"unknown figure(s) {', '.join(sorted(unknown))}; choose from {', '.join(figures)}")
     figures = {name: figures[name] for name in wanted}
     results = {name: {True: [], False: []} for name in figures}
     for r in range(args.rounds):
