@@ -330,7 +330,10 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
 
 
 def _self_test(lib: ctypes.CDLL) -> None:
-    """Both kernels against ``torch.prelu`` on awkward values (zeros of both signs, infinities, NaN)."""
+    """Every kernel against torch's operators, both layouts, on awkward values (signed zeros, infinities, NaN).
+
+    Raises RuntimeError naming the first kernel whose bits differ.
+    """
     gen = torch.Generator().manual_seed(0)
     special = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), 1e-40, -1e-40, -3.5])
     weight = torch.cat([torch.tensor([0.25, -0.5, 0.0, 1.0, 1.5]), torch.randn(6, generator=gen)])
@@ -426,27 +429,32 @@ def _slopes(weight: torch.Tensor, channels: int) -> torch.Tensor | None:
     return w
 
 
-def _run(lib: ctypes.CDLL, x: torch.Tensor, weight: torch.Tensor, threads: int) -> bool:
-    channels = x.shape[1]
-    if (w := _slopes(weight, channels)) is None:
-        return False
-    if x.is_contiguous():  # NCHW (checked first: a tensor contiguous both ways is plain NCHW here)
-        planes = x.shape[0] * channels
-        lib.prelu_planes(x.data_ptr(), w.data_ptr(), planes, channels, x.numel() // planes, threads, _PARALLEL_MIN)
-        return True
-    if x.is_contiguous(memory_format=torch.channels_last):
-        lib.prelu_rows(x.data_ptr(), w.data_ptr(), x.numel() // channels, channels, threads, _PARALLEL_MIN)
-        return True
-    return False
-
-
 def _layout(x: torch.Tensor) -> str | None:
-    """``"planes"`` for a contiguous NCHW tensor, ``"rows"`` for a channels-last one, else None."""
+    """``"planes"`` for a contiguous NCHW tensor, ``"rows"`` for a channels-last one, else None.
+
+    A tensor contiguous both ways (one channel, or 1x1 planes) counts as planes.
+    """
     if x.is_contiguous():
         return "planes"
     if x.is_contiguous(memory_format=torch.channels_last):
         return "rows"
     return None
+
+
+def _run(lib: ctypes.CDLL, x: torch.Tensor, weight: torch.Tensor, threads: int) -> bool:
+    channels = x.shape[1]
+    if (w := _slopes(weight, channels)) is None or (layout := _layout(x)) is None:
+        return False
+    if layout == "planes":
+        planes = x.shape[0] * channels
+        lib.prelu_planes(x.data_ptr(), w.data_ptr(), planes, channels, x.numel() // planes, threads, _PARALLEL_MIN)
+    else:
+        lib.prelu_rows(x.data_ptr(), w.data_ptr(), x.numel() // channels, channels, threads, _PARALLEL_MIN)
+    return True
+
+
+#: The memory format each of :func:`_layout`'s layouts is.
+_FORMATS = {"planes": torch.contiguous_format, "rows": torch.channels_last}
 
 
 def _run_out(lib: ctypes.CDLL, x: torch.Tensor, weight: torch.Tensor, threads: int) -> torch.Tensor | None:
@@ -488,16 +496,17 @@ def _run_add(lib: ctypes.CDLL, y: torch.Tensor, a: torch.Tensor, weight: torch.T
     if (w := _slopes(weight, channels)) is None or added > channels or a.shape[0] != y.shape[0] \
             or a.shape[2:] != y.shape[2:]:
         return False
-    if y.is_contiguous() and a.is_contiguous():  # NCHW
+    layout = _layout(y)
+    if layout is None or not a.is_contiguous(memory_format=_FORMATS[layout]):
+        return False
+    if layout == "planes":
         planes = y.shape[0] * channels
         lib.add_prelu_planes(y.data_ptr(), a.data_ptr(), w.data_ptr(), planes, channels, added, y.numel() // planes,
                              threads, _PARALLEL_MIN)
-        return True
-    if y.is_contiguous(memory_format=torch.channels_last) and a.is_contiguous(memory_format=torch.channels_last):
+    else:
         lib.add_prelu_rows(y.data_ptr(), a.data_ptr(), w.data_ptr(), y.numel() // channels, channels, added,
                            threads, _PARALLEL_MIN)
-        return True
-    return False
+    return True
 
 
 def _float4d(x: torch.Tensor) -> bool:
@@ -509,10 +518,6 @@ def _float4d(x: torch.Tensor) -> bool:
 def _plain(x: torch.Tensor) -> bool:
     """As :func:`_float4d`, and without gradients (it may be overwritten)."""
     return _float4d(x) and not x.requires_grad
-
-
-def _library() -> ctypes.CDLL | None:
-    return _state["lib"] if _state["status"] is not None else load()
 
 
 def add_prelu_(y: torch.Tensor, a: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -538,7 +543,7 @@ def add_prelu_(y: torch.Tensor, a: torch.Tensor, weight: torch.Tensor) -> bool:
     lo, hi = y.data_ptr(), y.data_ptr() + y.numel() * 4
     if lo < a.data_ptr() + a.numel() * 4 and a.data_ptr() < hi:
         return False
-    lib = _library()
+    lib = load()
     return lib is not None and _run_add(lib, y, a, weight, torch.get_num_threads())
 
 
@@ -557,7 +562,7 @@ def prelu_(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """
     if not _plain(x):
         return False
-    lib = _library()
+    lib = load()
     return lib is not None and _run(lib, x, weight, torch.get_num_threads())
 
 
@@ -570,7 +575,7 @@ def prelu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
     """
     if not _float4d(x):
         return None
-    lib = _library()
+    lib = load()
     return None if lib is None else _run_out(lib, x, weight, torch.get_num_threads())
 
 
@@ -588,5 +593,5 @@ def prelu_backward(
     """
     if not (_float4d(x) and _float4d(grad)):
         return None
-    lib = _library()
+    lib = load()
     return None if lib is None else _run_backward(lib, grad, x, weight, torch.get_num_threads())
