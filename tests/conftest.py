@@ -20,6 +20,19 @@ def _torch_threads():
     yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _training_operator():
+    """ENet's C++ training operator loaded, or built (about 20 s on a fresh machine), before any test.
+
+    Otherwise a background build would land part-way through the session and
+    tests would train through it or not depending on their order.
+    """
+    from napari_sizeloss import native_op
+
+    native_op.wait(timeout=900)
+    yield
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

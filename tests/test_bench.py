@@ -331,9 +331,13 @@ def test_train_step_runs_the_forward_in_the_asked_precision_and_trains(amp, want
 def test_machine_info_reports_the_environment_settings_that_move_the_figures(monkeypatch):
     from napari_sizeloss.bench import ENV_SETTINGS, machine_info
 
+    from napari_sizeloss import native_op, native_prelu
+
     for name in ENV_SETTINGS:
         monkeypatch.delenv(name, raising=False)
-    assert "env" not in machine_info(torch.device("cpu"))
+    info = machine_info(torch.device("cpu"))
+    assert "env" not in info
+    assert info["native_prelu"] == native_prelu.status() and info["native_op"] == native_op.status()
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
     monkeypatch.setenv("NAPARI_SIZELOSS_TUNE_MALLOC", "0")
     monkeypatch.setenv("UNRELATED_SETTING", "1")

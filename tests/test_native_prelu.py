@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sizeloss import native_prelu
+from napari_sizeloss import native_op, native_prelu
 from napari_sizeloss.network import (
     DownsamplingBottleneck,
     ENet,
@@ -367,7 +367,12 @@ def test_prelu_backward_refuses_mixed_layouts_and_shapes():
 @needs_kernel
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_enet_training_step_is_the_same_to_the_bit_with_the_kernel(channels_last, monkeypatch):
-    """Forward (dropout on), loss, every gradient and the batch-norm statistics: kernel on and off."""
+    """Forward (dropout on), loss, every gradient and the batch-norm statistics: kernel on and off.
+
+    Through the Python function (the C++ operator of ``native_op``, which calls
+    the same kernels, off: ``tests/test_native_op.py`` checks it).
+    """
+    monkeypatch.setattr(native_op, "OP", None)
     loaded = {"lib": native_prelu.load(), "status": native_prelu.status()}
     x = torch.randn(2, 1, 40, 48)
     target = torch.randint(0, 2, (2, 40, 48))

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from . import native_prelu
+from . import native_op, native_prelu
 
 __all__ = ["ENet", "PReLU", "with_torch_prelu", "count_parameters", "STRIDE", "MIN_PADDED_SIDE", "BOTTLENECK_RATIO"]
 
@@ -145,10 +145,12 @@ _tracing = torch.jit.is_tracing
 class PReLU(nn.PReLU):
     """:class:`torch.nn.PReLU` (same parameters, same results), faster on the CPU.
 
-    On the CPU, with gradients (training), it runs :class:`_PReLUFunction`
-    (a faster backward pass; forward and backward through
-    :mod:`napari_sizeloss.native_prelu`'s compiled kernels where they are
-    available). Without gradients (prediction) it writes its result into
+    On the CPU, with gradients (training), it runs the C++ operator of
+    :mod:`napari_sizeloss.native_op` once it is built (float32, one slope
+    per channel; its first use starts the build in the background), else
+    :class:`_PReLUFunction` (a faster backward pass than torch's; forward
+    and backward through :mod:`napari_sizeloss.native_prelu`'s compiled
+    kernels where they are available). Without gradients (prediction) it writes its result into
     its input when the kernel is available (whole-slice prediction 11-14 %
     faster): in ENet each PReLU reads a fresh activation that nothing else
     holds, so use it only where that is so. The values are the same to the
@@ -165,6 +167,12 @@ class PReLU(nn.PReLU):
             if not _tracing() and native_prelu.prelu_(x, self.weight):
                 return x
             return super().forward(x)
+        op = native_op.OP
+        if op is not None and x.dtype is torch.float32 and x.dim() == 4 and self.weight.dtype is torch.float32 \
+                and self.num_parameters > 1 and not _tracing():
+            return op(x, self.weight)  # the C++ operator (napari_sizeloss.native_op): the same bits, less Python
+        if not native_op.started():
+            native_op.start()  # builds it in the background the first time: the function below meanwhile
         return _PReLUFunction.apply(x, self.weight)
 
 

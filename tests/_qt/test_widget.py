@@ -409,3 +409,15 @@ def test_a_red_cell_says_which_bound_it_crosses(widget):
     assert "raise the upper bound" in tips[0][1]
     assert tips[1][0].endswith("inside the bounds")
     assert "tagged absent" in tips[1][1]
+
+
+def test_the_device_probe_starts_the_training_operator(monkeypatch):
+    """The probe runs as an image arrives: the C++ operator's build overlaps the user's clicks, not Train."""
+    from napari_sizeloss import native_op
+    from napari_sizeloss._qt import jobs
+
+    calls = []
+    monkeypatch.setattr(native_op, "start", lambda: calls.append("start"))
+    devices, _ = jobs.probe_devices()
+    assert "cpu" in devices
+    assert calls == ["start"]

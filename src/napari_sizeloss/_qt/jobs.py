@@ -141,14 +141,20 @@ def loading_torch() -> Iterator[None]:
 def probe_devices() -> tuple[list[str], str | None]:
     """The devices torch can use here and why ``torch.compile`` cannot run on the CPU (None: it can).
 
-    Imports torch and ``torch._dynamo`` (2-3 s the first time), so the widget
+    Also starts :func:`napari_sizeloss.native_op.start` (the C++ training
+    operator, loaded if cached, else built in the background). Imports torch
+    and ``torch._dynamo`` (2-3 s the first time), so the widget
     runs it on the compute thread, with collections confined to the new
     objects (see :func:`training_job`).
     """
     with loading_torch():
+        from .. import native_op
         from ..compiled import compile_unavailable_reason
         from ..device import available_devices
 
+        # ENet's training operator: loaded now if cached, else built in the background while the
+        # user places dots (training runs meanwhile without it: napari_sizeloss.native_op)
+        native_op.start()
         return [str(d) for d in available_devices()], compile_unavailable_reason("cpu")
 
 

@@ -1,0 +1,100 @@
+"""Training steps through the C++ PReLU operator against the Python autograd function, alternating in one process.
+
+    python scripts/native_op_bench.py [--rounds 8] [--threads 2] [--only step256,interactive,floor]
+
+Each round measures, with the operator (:mod:`napari_sizeloss.native_op`) and
+with :class:`napari_sizeloss.network._PReLUFunction` (both run the same C
+kernels of :mod:`napari_sizeloss.native_prelu`; the order flips every round),
+the median of 8 training steps as ``napari-sizeloss bench`` times them
+(:class:`napari_sizeloss.bench.TrainStep`: forward, cross-entropy and size
+penalty, backward, Adam), on one model per shape:
+
+- ``step256``: a 256x256 slice, batch 1 (the paper's configuration)
+- ``interactive``: the trainer's batch of 96x96 crops x 8
+- ``floor``: a 16x16 slice, batch 1, where the arithmetic is nothing: the
+  per-operator cost of a step
+
+and prints each round, the medians and the median of the paired ratios
+(operator / function; below 1 is faster). Three steps of each path from the
+same seed are first checked to leave the same weights, to the bit. Builds
+the operator first if it is not cached (about 20 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+
+from napari_sizeloss import bench, native_op
+from napari_sizeloss.allocator import tune_allocator
+from napari_sizeloss.trainer import TrainConfig
+
+FIGURES = ("step256", "interactive", "floor")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", default=",".join(FIGURES), help="comma-separated figures (default: all)")
+    args = parser.parse_args()
+    wanted = args.only.split(",")
+    if unknown := set(wanted) - set(FIGURES):
+        parser.error(f"unknown figure(s) {', '.join(sorted(unknown))}; choose from {', '.join(FIGURES)}")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    torch.set_num_threads(args.threads)
+    tune_allocator()
+    if not native_op.wait(timeout=600):
+        raise SystemExit(f"error: the C++ operator is not available here: {native_op.status()}")
+    print(f"torch {torch.__version__}, {args.threads} threads; operator: {native_op.status()}")
+    cpu = torch.device("cpu")
+
+    weights = {}
+    for use in (True, False):
+        with native_op.enabled(use):
+            torch.manual_seed(0)
+            step = bench.TrainStep(cpu, size=64, batch=2, channels_last=True)
+            for _ in range(3):
+                step()
+            weights[use] = [t.detach().clone() for t in step.forward.state_dict().values()]
+    if not all(torch.equal(a, b) for a, b in zip(weights[True], weights[False], strict=True)):
+        raise SystemExit("error: the operator's training steps differ from the function's")
+    print("weights after 3 training steps (dropout on): the same to the bit")
+
+    crop, batch = TrainConfig.interactive().crop, TrainConfig.interactive().batch_size
+    shapes = {"step256": (256, 1), "interactive": (crop, batch), "floor": (16, 1)}
+    steps = {}
+
+    def step_ms(name: str) -> float:
+        if name not in steps:  # one model per shape, warmed up once; the rounds alternate on it
+            size, n = shapes[name]
+            steps[name] = bench.TrainStep(cpu, size=size, batch=n, channels_last=True)
+            for _ in range(3):
+                steps[name]()
+        return statistics.median(steps[name]() for _ in range(8))
+
+    results = {name: {True: [], False: []} for name in wanted}
+    for r in range(args.rounds):
+        order = (False, True) if r % 2 else (True, False)
+        parts = []
+        for name in wanted:
+            for use in order:
+                with native_op.enabled(use):
+                    results[name][use].append(step_ms(name))
+            parts.append(f"{name} {results[name][False][-1]:.1f} -> {results[name][True][-1]:.1f} ms")
+        print(f"round {r + 1} (function -> operator): " + "  ".join(parts), flush=True)
+    print(f"{'figure':12} {'function (median)':>18} {'operator (median)':>18} {'operator/function (pairs)':>26}")
+    for name in wanted:
+        old, new = results[name][False], results[name][True]
+        ratio = statistics.median(n / o for n, o in zip(new, old, strict=True))
+        faster = sum(n < o for n, o in zip(new, old, strict=True))
+        print(f"{name:12} {statistics.median(old):15.1f} ms {statistics.median(new):15.1f} ms {ratio:20.3f} "
+              f"({faster} of {len(old)} faster)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
