@@ -6,13 +6,13 @@ inside). Python costs about 80 us more per PReLU and step than a C++
 operator would, on every one of ENet's 109 PReLUs, whatever the image size,
 and the backward pass holds the interpreter lock each time. This module
 compiles the same kernels into a torch operator, ``torch.ops.napari_sizeloss.prelu``,
-whose autograd node is C++: training steps 10-15 % faster on 2 CPU cores,
-the same values to the bit (``python scripts/native_op_bench.py``;
+whose autograd node is C++: training steps 7-11 % faster on 2 CPU cores
+(the per-operator floor of a step 23 %), the same values to the bit (``python scripts/native_op_bench.py``;
 ``docs/benchmarks.md``).
 
 Compiling against torch's C++ headers takes about 20 s of one core (the C
 kernels alone take 0.1 s), so the build never blocks: :func:`start` (called
-by the first training step, and by the napari widget when it opens) runs the
+by the first training step, and by the napari widget when it gets an image) runs the
 C++ compiler (``$CXX``, else ``c++`` or ``g++``) in a background process at
 lower priority, and training uses the Python function until the operator is
 built, loaded and checked bit for bit against torch's operators (awkward
