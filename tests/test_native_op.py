@@ -84,6 +84,15 @@ def test_forward_and_backward_are_the_python_functions_bits(layout, grad_layout,
 
 
 @needs_op
+def test_the_operator_runs_the_c_kernels_not_torchs_fallback(built_library):
+    """Without the kernels' addresses it would still give torch's bits, through torch's operators: slower."""
+    import ctypes
+
+    library = ctypes.CDLL(str(built_library))  # the handle torch opened
+    assert library.napari_sizeloss_kernels_ready() == 1
+
+
+@needs_op
 def test_the_module_hands_the_operator_only_what_it_takes():
     _op()
     x = torch.randn(2, 6, 5, 7, requires_grad=True)
@@ -218,7 +227,8 @@ def test_a_failing_compiler_is_one_line_and_leaves_no_library(fresh, monkeypatch
 def built_library():
     """The operator's library as this session built or found it in the user's cache."""
     _op()
-    return next(native_prelu.cache_dir().glob("prelu-op-*.so"), None) or pytest.skip("no cached build to copy")
+    path = native_op._library_path(native_op._compiler())
+    return path if path.is_file() else pytest.skip("no cached build to copy")
 
 
 def _copying_compiler(tmp_path, built):
@@ -287,7 +297,7 @@ def test_a_corrupt_cached_library_is_dropped_not_loaded(tmp_path):
         import json
         from napari_sizeloss import native_op, native_prelu
         native_prelu.load()
-        target = native_prelu.cache_dir() / f"prelu-op-{native_op._key(native_op._compiler())}.so"
+        target = native_op._library_path(native_op._compiler())
         target.write_bytes(b"not a shared library")
         native_op.start()
         print(json.dumps({"status": native_op.status(), "op": native_op.OP is not None,

@@ -1,27 +1,28 @@
 """ENet's PReLU for training as a torch operator with its backward in C++, built in the background.
 
-:class:`~napari_sizeloss.network.PReLU` trains through a Python
+Python costs a :class:`~napari_sizeloss.network.PReLU` trained through a
 ``torch.autograd.Function`` (:mod:`napari_sizeloss.native_prelu`'s kernels
-inside). Python costs about 80 us more per PReLU and step than a C++
-operator would, on every one of ENet's 109 PReLUs, whatever the image size,
-and the backward pass holds the interpreter lock each time. This module
-compiles the same kernels into a torch operator, ``torch.ops.napari_sizeloss.prelu``,
-whose autograd node is C++: training steps 7-11 % faster on 2 CPU cores
-(the per-operator floor of a step 23 %), the same values to the bit (``python scripts/native_op_bench.py``;
-``docs/benchmarks.md``).
+inside) about 80 us more per PReLU and step than a C++ autograd node would,
+on each of ENet's 109 PReLUs whatever the image size, and its backward pass
+takes the interpreter lock each time. This module wraps the same kernels
+(called through their addresses in the library ``native_prelu`` loaded and
+checked) in a torch operator, ``torch.ops.napari_sizeloss.prelu``, whose
+autograd node is C++: training steps 7-11 % faster on 2 CPU cores (a
+step's per-operator floor 23 %), the same values to the bit
+(``python scripts/native_op_bench.py``; ``docs/benchmarks.md``).
 
 Compiling against torch's C++ headers takes about 20 s of one core (the C
-kernels alone take 0.1 s), so the build never blocks: :func:`start` (called
-by the first training step, and by the napari widget when it gets an image) runs the
-C++ compiler (``$CXX``, else ``c++`` or ``g++``) in a background process at
-lower priority, and training uses the Python function until the operator is
-built, loaded and checked bit for bit against torch's operators (awkward
+kernels take 0.1 s), so the build never blocks: :func:`start` (called by the
+first training step, and by the napari widget when it gets an image) runs
+the C++ compiler (``$CXX``, else ``g++`` or ``c++``) in a background process
+at lower priority, and training uses the Python function until the operator
+is built, loaded and checked bit for bit against torch's operators (awkward
 values, both layouts). The library is cached beside the C kernels (see
-:func:`napari_sizeloss.native_prelu.cache_dir`), keyed by the source,
-compiler, flags, CPU and torch's version, so later processes load it at once.
-A build outlives the process that started it (it is short, and only writes
-its own file in the cache folder, renamed into place when complete): the
-next process then finds it ready.
+:func:`napari_sizeloss.native_prelu.cache_dir`), keyed by the source, the
+compiler, its flags and torch's version and place, so later processes load
+it at once. A build outlives the process that started it (it is short, and
+only writes its own file in the cache folder, renamed into place when
+complete): the next process then finds it ready.
 
 Not used, and :func:`status` says why in one line: with
 ``NAPARI_SIZELOSS_NATIVE=0``, where the C kernels are not in use, without a
@@ -34,6 +35,7 @@ nothing else.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import os
 import platform
@@ -58,11 +60,36 @@ NAMESPACE = "napari_sizeloss"
 #: :class:`~napari_sizeloss.network.PReLU` reads it on every training call.
 OP = None
 
-#: The C++ around :data:`napari_sizeloss.native_prelu.SOURCE` (pasted in at ``@KERNELS@``).
+#: The operator in C++. It calls :mod:`napari_sizeloss.native_prelu`'s kernels, already built and checked
+#: in the process, through pointers handed over after loading (``napari_sizeloss_set_kernels``): one copy
+#: of the kernels, no OpenMP or CPU-specific flags in this build. Until they are set it uses torch's operators.
 CXX_SOURCE = r"""
-#define restrict __restrict__
+#include <cstdint>
+
 extern "C" {
-@KERNELS@
+typedef void (*OutRows)(const float*, float*, const float*, int64_t, int64_t, int, int64_t);
+typedef void (*OutPlanes)(const float*, float*, const float*, int64_t, int64_t, int64_t, int, int64_t);
+typedef void (*BackRows)(const float*, const float*, const float*, float*, float*, int64_t, int64_t, int, int64_t);
+typedef void (*BackPlanes)(const float*, const float*, const float*, float*, float*, int64_t, int64_t, int64_t, int,
+                           int64_t);
+}
+
+namespace {
+OutRows prelu_rows_out = nullptr;
+OutPlanes prelu_planes_out = nullptr;
+BackRows prelu_backward_rows = nullptr;
+BackPlanes prelu_backward_planes = nullptr;
+}  // namespace
+
+extern "C" void napari_sizeloss_set_kernels(void* out_rows, void* out_planes, void* back_rows, void* back_planes) {
+  prelu_rows_out = reinterpret_cast<OutRows>(out_rows);
+  prelu_planes_out = reinterpret_cast<OutPlanes>(out_planes);
+  prelu_backward_rows = reinterpret_cast<BackRows>(back_rows);
+  prelu_backward_planes = reinterpret_cast<BackPlanes>(back_planes);
+}
+
+extern "C" int napari_sizeloss_kernels_ready() {
+  return prelu_rows_out && prelu_planes_out && prelu_backward_rows && prelu_backward_planes;
 }
 
 #include <ATen/Parallel.h>
@@ -98,8 +125,9 @@ bool is_float4d(const Tensor& t) {
 }
 
 bool takes(const Tensor& x, const Tensor& w) {
-  return is_float4d(x) && layout_of(x) != Layout::kNone && w.scalar_type() == at::kFloat && w.device().is_cpu() &&
-         w.is_contiguous() && w.dim() == 1 && w.numel() == x.size(1) && x.size(1) > 1;
+  return napari_sizeloss_kernels_ready() && is_float4d(x) && layout_of(x) != Layout::kNone &&
+         w.scalar_type() == at::kFloat && w.device().is_cpu() && w.is_contiguous() && w.dim() == 1 &&
+         w.numel() == x.size(1) && x.size(1) > 1;
 }
 
 // torch.prelu(x, w), one pass (napari_sizeloss.native_prelu's kernels); torch's own where they cannot.
@@ -172,8 +200,8 @@ TORCH_LIBRARY_IMPL(@NAMESPACE@, Autograd, m) { m.impl("prelu", prelu_autograd); 
 """
 
 #: C++ compiler flags (with torch's include folders, library folder and C++ ABI added at build time):
-#: the kernels' flags as in native_prelu.FLAGS, torch's C++ standard.
-CXXFLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared", "-std=c++20", "-w")
+#: torch's C++ standard; its headers' warnings silenced.
+CXXFLAGS = ("-O2", "-fPIC", "-shared", "-std=c++20", "-w")
 
 #: The build's scheduling priority (``nice``): training and the GUI go first; it finishes when they idle.
 NICENESS = 10
@@ -183,13 +211,11 @@ _state: dict = {"tried": False, "status": "not started (no training step yet)", 
 
 
 def _source() -> str:
-    return (CXX_SOURCE.replace("@KERNELS@", native_prelu.SOURCE)
-            .replace("@PARALLEL_MIN@", str(native_prelu._PARALLEL_MIN))
-            .replace("@NAMESPACE@", NAMESPACE))
+    return CXX_SOURCE.replace("@PARALLEL_MIN@", str(native_prelu._PARALLEL_MIN)).replace("@NAMESPACE@", NAMESPACE)
 
 
 def _compiler() -> str | None:
-    for name in (os.environ.get("CXX"), "c++", "g++"):
+    for name in (os.environ.get("CXX"), "g++", "c++"):
         if name and shutil.which(name):
             return shutil.which(name)
     return None
@@ -215,9 +241,14 @@ def _command(compiler: str, source: Path) -> list[str]:
 def _key(compiler: str) -> str:
     version = native_prelu._version(compiler)
     return hashlib.sha256("\0".join(
-        (_source(), " ".join(CXXFLAGS), compiler, version, platform.machine(), native_prelu._cpu_signature(),
-         torch.__version__, str(getattr(torch.version, "git_version", "")), str(Path(torch.__file__).resolve()))
+        (_source(), " ".join(CXXFLAGS), compiler, version, platform.machine(), torch.__version__,
+         str(getattr(torch.version, "git_version", "")), str(Path(torch.__file__).resolve()))
     ).encode()).hexdigest()[:20]
+
+
+def _library_path(compiler: str) -> Path:
+    """Where the library built by ``compiler`` for this torch is cached."""
+    return native_prelu.cache_dir() / f"prelu-op-{_key(compiler)}.so"
 
 
 def _set(status: str) -> None:
@@ -271,8 +302,7 @@ def _start_locked() -> None:
         _set("unavailable (no C++ compiler: c++, g++ or $CXX)")
         return
     _torch_paths()
-    name = f"prelu-op-{_key(compiler)}.so"
-    cached = native_prelu.cache_dir() / name
+    cached = _library_path(compiler)
     if cached.is_file():  # a library that fails to load or to check is deleted: the next process rebuilds it
         _load(cached, how="cached")
         return
@@ -323,6 +353,23 @@ def _build_and_load(compiler: str, target: Path) -> None:
             shutil.rmtree(private, ignore_errors=True)
 
 
+#: The C kernels the operator calls, in the order of ``napari_sizeloss_set_kernels``'s arguments.
+_KERNELS = ("prelu_rows_out", "prelu_planes_out", "prelu_backward_rows", "prelu_backward_planes")
+
+
+def _hand_over_kernels(library: ctypes.CDLL) -> None:
+    """Give the operator the addresses of the C kernels (loaded and checked by ``native_prelu.load()``)."""
+    kernels = native_prelu.load()
+    if kernels is None:
+        raise RuntimeError(f"the C kernels are not in use: {native_prelu.status()}")
+    setter = library.napari_sizeloss_set_kernels
+    setter.argtypes = [ctypes.c_void_p] * len(_KERNELS)
+    setter.restype = None
+    setter(*(ctypes.cast(getattr(kernels, name), ctypes.c_void_p).value for name in _KERNELS))
+    if not library.napari_sizeloss_kernels_ready():
+        raise RuntimeError("the operator did not take the C kernels")
+
+
 def _registered():
     """The operator if a library of ours is already loaded in this process, else None.
 
@@ -343,6 +390,7 @@ def _load(path: Path, how: str) -> None:
         if op is None:
             torch.ops.load_library(str(path))
             op = getattr(torch.ops, NAMESPACE).prelu.default
+            _hand_over_kernels(ctypes.CDLL(str(path)))  # the handle torch just opened
     except (OSError, RuntimeError, AttributeError) as exc:
         with contextlib.suppress(OSError):
             path.unlink()  # the next process builds it again
