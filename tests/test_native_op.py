@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 
 import pytest
 import torch
@@ -219,7 +220,7 @@ def test_a_failing_compiler_is_one_line_and_leaves_no_library(fresh, monkeypatch
     assert native_op.wait(timeout=60) is False
     assert native_op.status() == "unavailable (brokencxx failed: op.cpp:1:1: error: this compiler is broken)"
     left = sorted(p.name for p in fresh.iterdir())
-    assert not [n for n in left if n.endswith((".so", ".part", ".cpp"))], left  # the log only (and the C kernels)
+    assert not [n for n in left if n.endswith((".so", ".part", ".cpp", ".lock"))], left  # the log (and C kernels)
     assert [n for n in left if n.startswith("prelu-op-") and n.endswith(".log")]
 
 
@@ -255,6 +256,46 @@ def test_a_cache_folder_that_cannot_be_made_builds_for_this_process_only(built_l
     assert not [n for n in set(os.listdir(tempfile.gettempdir())) - before if n.startswith("napari-sizeloss-op-")]
 
 
+@needs_op
+def test_a_build_in_progress_elsewhere_is_waited_for_not_repeated(built_library, fresh, monkeypatch, tmp_path):
+    """Many processes starting at once (a cluster, several windows) run one compiler (0.9 GB), not one each."""
+    never = tmp_path / "nevercxx"
+    never.write_text('#!/bin/sh\ncase "$1" in --version) echo "nevercxx 1.0"; exit 0;; esac\n'
+                     f'touch {tmp_path / "compiled"}\nexit 1\n')
+    never.chmod(0o755)
+    monkeypatch.setenv("CXX", str(never))
+    target = native_op._library_path(str(never))
+    target.parent.mkdir(parents=True)
+    lock = target.parent / f".{target.stem}.lock"
+    lock.write_text("")  # another process's build, just started
+    native_op.start()
+    deadline = time.monotonic() + 10
+    while native_op.status() != "waiting for another process's build" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert native_op.status() == "waiting for another process's build"
+    shutil.copy(built_library, target)  # that build lands
+    lock.unlink()
+    assert native_op.wait(timeout=30), native_op.status()
+    assert native_op.status() == "in use (built by another process)"
+    assert not (tmp_path / "compiled").exists()
+
+
+@needs_op
+def test_a_stale_build_lock_is_taken_over(built_library, fresh, monkeypatch, tmp_path):
+    fake = _copying_compiler(tmp_path, built_library)
+    monkeypatch.setenv("CXX", str(fake))
+    monkeypatch.setenv("REAL_LIBRARY", str(built_library))
+    target = native_op._library_path(str(fake))
+    target.parent.mkdir(parents=True)
+    lock = target.parent / f".{target.stem}.lock"
+    lock.write_text("")
+    old = time.time() - native_op.STALE_BUILD_S - 60
+    os.utime(lock, (old, old))  # a build that died an hour ago
+    assert native_op.wait(timeout=60), native_op.status()
+    assert native_op.status().startswith("in use (built in")
+    assert target.is_file() and not lock.exists()
+
+
 def _python(code: str, env: dict, timeout: float = 600) -> dict:
     """Run ``code`` in a fresh interpreter; its last stdout line is JSON."""
     out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
@@ -280,7 +321,8 @@ def test_a_background_build_lands_atomically_then_later_processes_load_it_from_t
     assert first["during"] == "building in the background (fakecxx)"
     assert first["ok"] is True and first["after"].startswith("in use (built in")
     folder = tmp_path / "cache" / "native"
-    assert sorted(p.suffix for p in folder.glob("prelu-op-*")) == [".so"]  # no part, source or log left
+    assert sorted(p.suffix for p in folder.glob("prelu-op-*")) == [".so"]  # no source or log left
+    assert not list(folder.glob(".prelu-op-*"))  # nor a partial library or the build's lock
     second = _python("""
         import json
         from napari_sizeloss import native_op

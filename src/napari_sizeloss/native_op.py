@@ -206,6 +206,9 @@ CXXFLAGS = ("-O2", "-fPIC", "-shared", "-std=c++20", "-w")
 #: The build's scheduling priority (``nice``): training and the GUI go first; it finishes when they idle.
 NICENESS = 19
 
+#: Seconds after which another process's unfinished build is taken for dead and built again.
+STALE_BUILD_S = 900
+
 _lock = threading.Lock()
 _state: dict = {"tried": False, "status": "not started (no training step yet)", "thread": None}
 
@@ -326,16 +329,20 @@ def _build_and_load(compiler: str, target: Path) -> None:
     try:
         source = folder / f"{target.stem}.{os.getpid()}.cpp"
         partial = folder / f".{target.stem}.{os.getpid()}.so.part"
+        lock = folder / f".{target.stem}.lock"  # one build of a library at a time
         log = folder / f"{target.stem}.log"
+        if not _claim(lock):
+            _wait_for_other_build(target, lock)
+            return
         source.write_text(_source(), encoding="utf-8")
         # A shell renames the complete library into place, so a build that outlives this process still lands;
         # it ignores the terminal's Ctrl-C and hang-up (so does gcc then). It stays in this session: Linux's
         # autogroups share the CPU between sessions whatever the niceness, and a build in its own session
         # took a full core from training (steps 2.5x slower), at nice 10 in this one 11 % over its course.
-        script = ('trap "" INT HUP; out=$1; dest=$2; log=$3; src=$4; shift 4; '
+        script = ('trap "" INT HUP; out=$1; dest=$2; log=$3; src=$4; lock=$5; shift 5; '
                   '"$@" -o "$out" 2>"$log" && mv -f "$out" "$dest" && rm -f "$log"; '
-                  'rc=$?; rm -f "$out" "$src"; exit $rc')
-        command = ["sh", "-c", script, "sh", str(partial), str(target), str(log), str(source),
+                  'rc=$?; rm -f "$out" "$src" "$lock"; exit $rc')
+        command = ["sh", "-c", script, "sh", str(partial), str(target), str(log), str(source), str(lock),
                    *_command(compiler, source)]
         if shutil.which("nice"):
             command = ["nice", "-n", str(NICENESS), *command]
@@ -354,6 +361,43 @@ def _build_and_load(compiler: str, target: Path) -> None:
     finally:
         if private is not None:  # a loaded library stays mapped once its file is gone
             shutil.rmtree(private, ignore_errors=True)
+
+
+def _claim(lock: Path) -> bool:
+    """Create ``lock`` unless a live build holds it; whether this process now does.
+
+    On a cluster or with several napari windows many processes may start at
+    once; one compiler (0.9 GB of memory) is enough. A lock older than
+    :data:`STALE_BUILD_S` is taken over (a build that died without cleaning up).
+    """
+    for _ in range(2):
+        try:
+            os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            return True
+        except FileExistsError:
+            try:
+                if time.time() - lock.stat().st_mtime < STALE_BUILD_S:
+                    return False
+                lock.unlink()
+            except FileNotFoundError:
+                pass  # it was just released: try again
+    return False
+
+
+def _wait_for_other_build(target: Path, lock: Path) -> None:
+    """Wait (on the build thread) for another process's build of ``target``, then load it."""
+    _set("waiting for another process's build")
+    while not target.is_file():
+        try:
+            if time.time() - lock.stat().st_mtime > STALE_BUILD_S:
+                break
+        except FileNotFoundError:
+            break  # released: the library is there, or that build failed
+        time.sleep(1.0)
+    if target.is_file():
+        _load(target, how="built by another process")
+    else:
+        _set("unavailable (another process's build did not complete; the next process will try again)")
 
 
 #: The C kernels the operator calls, in the order of ``napari_sizeloss_set_kernels``'s arguments.
