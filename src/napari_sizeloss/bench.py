@@ -54,7 +54,7 @@ def machine_info(device) -> dict:
         from . import native_op, native_prelu
 
         info["native_prelu"] = native_prelu.status()  # with it, CPU prediction 11-14 % faster, training 5-8 %
-        info["native_op"] = native_op.status()  # with it, CPU training steps another 10-15 % faster
+        info["native_op"] = native_op.status()  # with it, CPU training steps another 7-11 % faster
     # settings that move the figures: OMP_WAIT_POLICY=PASSIVE made steps 2.4x slower here
     # (docs/benchmarks.md, levers); the allocator switch changes steps by about 8 %
     env = {name: os.environ[name] for name in ENV_SETTINGS if name in os.environ}
@@ -480,7 +480,7 @@ def run_bench(args) -> int:
         from . import native_op
 
         native_op.start()
-        if native_op.status().startswith("building"):  # measure what later runs get, not the first run's build
+        if native_op.status().startswith(("building", "waiting")):  # measure what later runs get, not a build
             print("building ENet's C++ training operator (once, about 20 s; cached for later runs)...", flush=True)
             native_op.wait(timeout=600)
     info = machine_info(device)

@@ -150,8 +150,8 @@ class PReLU(nn.PReLU):
     per channel; its first use starts the build in the background), else
     :class:`_PReLUFunction` (a faster backward pass than torch's; forward
     and backward through :mod:`napari_sizeloss.native_prelu`'s compiled
-    kernels where they are available). Without gradients (prediction) it writes its result into
-    its input when the kernel is available (whole-slice prediction 11-14 %
+    kernels where they are available). Without gradients (prediction) it
+    writes its result into its input when the kernel is available (whole-slice prediction 11-14 %
     faster): in ENet each PReLU reads a fresh activation that nothing else
     holds, so use it only where that is so. The values are the same to the
     bit on every path. On other devices, without gradients when the kernel
