@@ -329,14 +329,40 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     return lib
 
 
+#: Values each kernel must round as torch's operators do: zeros of both signs, infinities, NaN, subnormals.
+_AWKWARD = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), 1e-40, -1e-40, -3.5])
+
+
+def _awkward_slopes(gen: torch.Generator) -> torch.Tensor:
+    """11 per-channel slopes for the checks: negative, zero, one, above one, and random."""
+    return torch.cat([torch.tensor([0.25, -0.5, 0.0, 1.0, 1.5]), torch.randn(6, generator=gen)])
+
+
+def _awkward_pair(shape: tuple, gen: torch.Generator, layout, grad_layout) -> tuple[torch.Tensor, torch.Tensor]:
+    """An input (awkward values first) and a gradient (awkward values last) for the checks, in these layouts."""
+    x = torch.randn(shape, generator=gen) * 3
+    g = torch.randn(shape, generator=gen)
+    x.view(-1)[: _AWKWARD.numel()] = _AWKWARD
+    g.view(-1)[-_AWKWARD.numel():] = _AWKWARD
+    return x.contiguous(memory_format=layout), g.contiguous(memory_format=grad_layout)
+
+
+def _torch_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """PReLU's input gradient and the slopes' per-element terms from torch's operators, as
+    ``network._PReLUFunction``'s short path computes them: what the compiled backward must match."""
+    grad_pos = torch.ops.aten.threshold_backward.default(grad, x, 0)
+    grad_neg = grad - grad_pos
+    return torch.addcmul(grad_pos, grad_neg, weight.view(1, -1, 1, 1)), grad_neg * x
+
+
 def _self_test(lib: ctypes.CDLL) -> None:
     """Every kernel against torch's operators, both layouts, on awkward values (signed zeros, infinities, NaN).
 
     Raises RuntimeError naming the first kernel whose bits differ.
     """
     gen = torch.Generator().manual_seed(0)
-    special = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), 1e-40, -1e-40, -3.5])
-    weight = torch.cat([torch.tensor([0.25, -0.5, 0.0, 1.0, 1.5]), torch.randn(6, generator=gen)])
+    special = _AWKWARD
+    weight = _awkward_slopes(gen)
     for shape, layout in (((3, 11, 7, 5), torch.channels_last), ((3, 11, 7, 5), torch.contiguous_format),
                           ((2, 11, 64, 32), torch.channels_last), ((2, 11, 64, 32), torch.contiguous_format)):
         x = torch.randn(shape, generator=gen) * 3
@@ -356,22 +382,14 @@ def _self_test(lib: ctypes.CDLL) -> None:
             if not _run_add(lib, y, a, weight, threads=2) or not _same_bits(expected, y):
                 raise RuntimeError("the compiled sum and PReLU differs from torch's")
 
-
     for shape, layout in (((3, 11, 7, 5), torch.channels_last), ((2, 11, 64, 32), torch.contiguous_format),
                           ((2, 11, 64, 32), torch.channels_last)):
-        x = torch.randn(shape, generator=gen) * 3
-        g = torch.randn(shape, generator=gen)
-        x.view(-1)[: special.numel()] = special
-        g.view(-1)[-special.numel():] = special
-        x, g = x.contiguous(memory_format=layout), g.contiguous(memory_format=layout)
+        x, g = _awkward_pair(shape, gen, layout, layout)
         y = _run_out(lib, x, weight, threads=2)
         if y is None or not _same_bits(torch.prelu(x, weight), y):
             raise RuntimeError("the compiled PReLU (out of place) differs from torch.prelu")
-        grad_pos = torch.ops.aten.threshold_backward.default(g, x, 0)
-        grad_neg = g - grad_pos
-        expected = (torch.addcmul(grad_pos, grad_neg, weight.view(1, -1, 1, 1)), grad_neg * x)
         got = _run_backward(lib, g, x, weight, threads=2)
-        if got is None or not all(_same_bits(e, o) for e, o in zip(expected, got, strict=True)):
+        if got is None or not all(_same_bits(e, o) for e, o in zip(_torch_backward(g, x, weight), got, strict=True)):
             raise RuntimeError("the compiled PReLU backward differs from torch's operators")
 
 
