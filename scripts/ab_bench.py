@@ -30,6 +30,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from _figures import figure_list, rounds
+
 REPO = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
@@ -86,15 +88,10 @@ def measure(src: Path, only: str) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="the git revision to compare the working tree with")
-    parser.add_argument("--rounds", type=int, default=5, help="pairs of processes (at least 1)")
-    parser.add_argument("--only", default="step256,interactive,cine,roi",
+    parser.add_argument("--rounds", type=rounds, default=5, help="pairs of processes (at least 1)")
+    parser.add_argument("--only", type=figure_list(UNITS), default="step256,interactive,cine,roi",
                         help="comma-separated: " + ",".join(UNITS))
     args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
-    unknown = set(args.only.split(",")) - set(UNITS)
-    if unknown:
-        parser.error(f"unknown figure(s): {', '.join(sorted(unknown))}")
     with tempfile.TemporaryDirectory() as tmp:
         sides = {"base": export_source(args.base, Path(tmp)), "new": REPO / "src"}
         print(f"base {args.base} against the working tree; {args.rounds} rounds, fresh processes, "
@@ -103,11 +100,11 @@ def main(argv=None) -> int:
         for r in range(args.rounds):
             order = ["base", "new"] if r % 2 == 0 else ["new", "base"]
             for side in order:
-                runs[side].append(measure(sides[side], args.only))
-            line = "  ".join(f"{w} {runs['base'][-1][w]:.3g} -> {runs['new'][-1][w]:.3g}" for w in args.only.split(","))
+                runs[side].append(measure(sides[side], ",".join(args.only)))
+            line = "  ".join(f"{w} {runs['base'][-1][w]:.3g} -> {runs['new'][-1][w]:.3g}" for w in args.only)
             print(f"round {r + 1}: {line}", flush=True)
     print("figure        base (median)   new (median)   new/base (median of pairs)")
-    for w in args.only.split(","):
+    for w in args.only:
         base = [run[w] for run in runs["base"]]
         new = [run[w] for run in runs["new"]]
         ratio = statistics.median(n / b for n, b in zip(new, base, strict=True))

@@ -27,6 +27,7 @@ import statistics
 
 import torch
 
+from _figures import figure_list, rounds
 from napari_sizeloss import bench, native_op
 from napari_sizeloss.allocator import tune_allocator
 from napari_sizeloss.trainer import TrainConfig
@@ -36,15 +37,12 @@ FIGURES = ("step256", "interactive", "floor")
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--rounds", type=rounds, default=8)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--only", default=",".join(FIGURES), help="comma-separated figures (default: all)")
+    parser.add_argument("--only", type=figure_list(FIGURES), default=",".join(FIGURES),
+                        help="comma-separated figures (default: all)")
     args = parser.parse_args()
-    wanted = args.only.split(",")
-    if unknown := set(wanted) - set(FIGURES):
-        parser.error(f"unknown figure(s) {', '.join(sorted(unknown))}; choose from {', '.join(FIGURES)}")
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
+    wanted = args.only
     torch.set_num_threads(args.threads)
     tune_allocator()
     if not native_op.wait(timeout=600):

@@ -27,6 +27,7 @@ import time
 
 import torch
 
+from _figures import figure_list, rounds
 from napari_sizeloss import bench, native_prelu
 from napari_sizeloss.allocator import tune_allocator
 from napari_sizeloss.device import to_channels_last
@@ -44,16 +45,12 @@ def _set(use_kernel: bool, loaded: dict) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--rounds", type=rounds, default=6)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--only", default="forward,cine,roi,step256,interactive",
+    parser.add_argument("--only", type=figure_list(FIGURES), default=",".join(FIGURES),
                         help="comma-separated figures (default: all)")
     args = parser.parse_args()
-    wanted = args.only.split(",")
-    if unknown := set(wanted) - set(FIGURES):
-        parser.error(f"unknown figure(s) {', '.join(sorted(unknown))}; choose from {', '.join(FIGURES)}")
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
+    wanted = args.only
     torch.set_num_threads(args.threads)
     tune_allocator()
     if native_prelu.load() is None:
