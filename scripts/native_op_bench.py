@@ -1,6 +1,6 @@
 """Training steps through the C++ PReLU operator against the Python autograd function, alternating in one process.
 
-    python scripts/native_op_bench.py [--rounds 8] [--threads 2] [--only step256,interactive,floor]
+    python scripts/native_op_bench.py [--rounds 8] [--threads 2] [--only step256,interactive,floor] [--fused]
 
 Each round measures, with the operator (:mod:`napari_sizeloss.native_op`) and
 with :class:`napari_sizeloss.network._PReLUFunction` (both run the same C
@@ -18,6 +18,11 @@ and prints each round, the medians and the median of the paired ratios
 (operator / function; below 1 is faster). Three steps of each path from the
 same seed are first checked to leave the same weights, to the bit. Builds
 the operator first if it is not cached (about 20 s).
+
+``--fused`` compares instead the PReLU operator alone (batch norms torch's)
+with the PReLU operator and batch norm + PReLU pairs fused
+(:data:`napari_sizeloss.native_op.BN_PRELU`): within float rounding, not to
+the bit, so the check prints how far the first step's gradients are apart.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", type=figure_list(FIGURES), default=",".join(FIGURES),
                         help="comma-separated figures (default: all)")
+    parser.add_argument("--fused", action="store_true",
+                        help="PReLU operator alone against PReLU operator + fused batch norm and PReLU")
     args = parser.parse_args()
     wanted = args.only
     torch.set_num_threads(args.threads)
@@ -48,19 +55,32 @@ def main() -> int:
     if not native_op.wait(timeout=600):
         raise SystemExit(f"error: the C++ operator is not available here: {native_op.status()}")
     print(f"torch {torch.__version__}, {args.threads} threads; operator: {native_op.status()}")
+    if args.fused and native_op.BN_PRELU is None:
+        raise SystemExit("error: the fused batch norm and PReLU is not available here")
     cpu = torch.device("cpu")
+    # (new path, old path) as arguments of native_op.enabled
+    paths = {True: (True, True), False: (True, False)} if args.fused else {True: (True, False), False: (False, False)}
+    old_name, new_name = ("operator", "fused") if args.fused else ("function", "operator")
 
-    weights = {}
-    for use in (True, False):
-        with native_op.enabled(use):
+    weights, grads = {}, {}
+    for new in (True, False):
+        with native_op.enabled(paths[new][0], fused=paths[new][1]):
             torch.manual_seed(0)
             step = bench.TrainStep(cpu, size=64, batch=2, channels_last=True)
-            for _ in range(3):
+            step()
+            grads[new] = [p.grad.clone() for p in step.forward.parameters()]  # the first step's
+            for _ in range(2):
                 step()
-            weights[use] = [t.detach().clone() for t in step.forward.state_dict().values()]
-    if not all(torch.equal(a, b) for a, b in zip(weights[True], weights[False], strict=True)):
+            weights[new] = [t.detach().clone() for t in step.forward.state_dict().values()]
+    if args.fused:  # (Adam's first steps move each weight by about +-lr whatever the gradient's size: compare those)
+        apart = max(((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+                    for a, b in zip(grads[True], grads[False], strict=True))
+        print(f"gradients of the first training step (dropout on): at most {apart:.1e} apart "
+              "(relative to each tensor's largest)")
+    elif not all(torch.equal(a, b) for a, b in zip(weights[True], weights[False], strict=True)):
         raise SystemExit("error: the operator's training steps differ from the function's")
-    print("weights after 3 training steps (dropout on): the same to the bit")
+    else:
+        print("weights after 3 training steps (dropout on): the same to the bit")
 
     crop, batch = TrainConfig.interactive().crop, TrainConfig.interactive().batch_size
     shapes = {"step256": (256, 1), "interactive": (crop, batch), "floor": (16, 1)}
@@ -79,12 +99,13 @@ def main() -> int:
         order = (False, True) if r % 2 else (True, False)
         parts = []
         for name in wanted:
-            for use in order:
-                with native_op.enabled(use):
-                    results[name][use].append(step_ms(name))
+            for new in order:
+                with native_op.enabled(paths[new][0], fused=paths[new][1]):
+                    results[name][new].append(step_ms(name))
             parts.append(f"{name} {results[name][False][-1]:.1f} -> {results[name][True][-1]:.1f} ms")
-        print(f"round {r + 1} (function -> operator): " + "  ".join(parts), flush=True)
-    print(f"{'figure':12} {'function (median)':>18} {'operator (median)':>18} {'operator/function (pairs)':>26}")
+        print(f"round {r + 1} ({old_name} -> {new_name}): " + "  ".join(parts), flush=True)
+    print(f"{'figure':12} {old_name + ' (median)':>18} {new_name + ' (median)':>18} "
+          f"{new_name + '/' + old_name + ' (pairs)':>26}")
     for name in wanted:
         old, new = results[name][False], results[name][True]
         ratio = statistics.median(n / o for n, o in zip(new, old, strict=True))

@@ -51,7 +51,7 @@ import torch
 
 from . import native_prelu
 
-__all__ = ["start", "started", "wait", "status", "enabled", "OP", "CXX_SOURCE", "NAMESPACE"]
+__all__ = ["start", "started", "wait", "status", "enabled", "OP", "BN_PRELU", "CXX_SOURCE", "NAMESPACE"]
 
 #: The operators' namespace: ``torch.ops.napari_sizeloss``.
 NAMESPACE = "napari_sizeloss"
@@ -59,6 +59,11 @@ NAMESPACE = "napari_sizeloss"
 #: ``torch.ops.napari_sizeloss.prelu.default`` once built, loaded and checked; None until then (or never).
 #: :class:`~napari_sizeloss.network.PReLU` reads it on every training call.
 OP = None
+
+#: ``torch.ops.napari_sizeloss.bn_prelu.default`` once built, loaded and checked (within float rounding of
+#: torch's ``batch_norm`` then ``prelu``); None until then (or never). :class:`~napari_sizeloss.network.BNPReLU`
+#: reads it on every training call.
+BN_PRELU = None
 
 #: The operator in C++. It calls :mod:`napari_sizeloss.native_prelu`'s kernels, already built and checked
 #: in the process, through pointers handed over after loading (``napari_sizeloss_set_kernels``): one copy
@@ -72,6 +77,13 @@ typedef void (*OutPlanes)(const float*, float*, const float*, int64_t, int64_t, 
 typedef void (*BackRows)(const float*, const float*, const float*, float*, float*, int64_t, int64_t, int, int64_t);
 typedef void (*BackPlanes)(const float*, const float*, const float*, float*, float*, int64_t, int64_t, int64_t, int,
                            int64_t);
+typedef void (*BnSums)(const float*, const float*, double*, double*, int64_t, int64_t, int, int64_t);
+typedef void (*BnPReLU)(const float*, const float*, const float*, const float*, float*, int64_t, int64_t, int,
+                        int64_t);
+typedef void (*BnBackSums)(const float*, const float*, const float*, const float*, const float*, const float*,
+                           double*, double*, int64_t, int64_t, int, int64_t);
+typedef void (*BnBackInput)(const float*, const float*, const float*, const float*, const float*, const float*,
+                            const float*, const float*, const float*, float*, int64_t, int64_t, int, int64_t);
 }
 
 namespace {
@@ -79,28 +91,42 @@ OutRows prelu_rows_out = nullptr;
 OutPlanes prelu_planes_out = nullptr;
 BackRows prelu_backward_rows = nullptr;
 BackPlanes prelu_backward_planes = nullptr;
+BnSums bn_sums_rows = nullptr;
+BnPReLU bn_prelu_rows = nullptr;
+BnBackSums bn_prelu_backward_sums_rows = nullptr;
+BnBackInput bn_prelu_backward_input_rows = nullptr;
 }  // namespace
 
-extern "C" void napari_sizeloss_set_kernels(void* out_rows, void* out_planes, void* back_rows, void* back_planes) {
+extern "C" void napari_sizeloss_set_kernels(void* out_rows, void* out_planes, void* back_rows, void* back_planes,
+                                            void* bn_sums, void* bn_prelu, void* bn_back_sums, void* bn_back_input) {
   prelu_rows_out = reinterpret_cast<OutRows>(out_rows);
   prelu_planes_out = reinterpret_cast<OutPlanes>(out_planes);
   prelu_backward_rows = reinterpret_cast<BackRows>(back_rows);
   prelu_backward_planes = reinterpret_cast<BackPlanes>(back_planes);
+  bn_sums_rows = reinterpret_cast<BnSums>(bn_sums);
+  bn_prelu_rows = reinterpret_cast<BnPReLU>(bn_prelu);
+  bn_prelu_backward_sums_rows = reinterpret_cast<BnBackSums>(bn_back_sums);
+  bn_prelu_backward_input_rows = reinterpret_cast<BnBackInput>(bn_back_input);
 }
 
 extern "C" int napari_sizeloss_kernels_ready() {
-  return prelu_rows_out && prelu_planes_out && prelu_backward_rows && prelu_backward_planes;
+  return prelu_rows_out && prelu_planes_out && prelu_backward_rows && prelu_backward_planes && bn_sums_rows &&
+         bn_prelu_rows && bn_prelu_backward_sums_rows && bn_prelu_backward_input_rows;
 }
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/addcmul.h>
+#include <ATen/ops/batch_norm.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/mul.h>
 #include <ATen/ops/prelu.h>
 #include <ATen/ops/sub.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/threshold_backward.h>
+#include <ATen/ops/zeros.h>
+#include <cmath>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
@@ -192,11 +218,163 @@ class PReLUFunction : public torch::autograd::Function<PReLUFunction> {
 
 Tensor prelu_autograd(const Tensor& x, const Tensor& w) { return PReLUFunction::apply(x, w); }
 
+// ---- Training's batch norm then PReLU, one operator (channels-last float32 on the CPU) ----
+
+const int64_t kMaxFusedChannels = 1024;  // the C kernels keep per-channel sums on the stack
+
+bool is_vector(const Tensor& t, int64_t n) {
+  return t.defined() && t.scalar_type() == at::kFloat && t.device().is_cpu() && t.dim() == 1 && t.numel() == n &&
+         t.is_contiguous();
+}
+
+bool bn_prelu_takes(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& slope,
+                    const Tensor& running_mean, const Tensor& running_var) {
+  if (!napari_sizeloss_kernels_ready() || !is_float4d(x) || layout_of(x) != Layout::kRows) return false;
+  const int64_t c = x.size(1);
+  return c > 1 && c <= kMaxFusedChannels && x.numel() / c > 1 && is_vector(weight, c) && is_vector(bias, c) &&
+         is_vector(slope, c) && is_vector(running_mean, c) && is_vector(running_var, c);
+}
+
+// torch's composition, where the kernels cannot: batch_norm (training) then prelu.
+Tensor bn_prelu_composite(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& slope,
+                          const Tensor& running_mean, const Tensor& running_var, double momentum, double eps) {
+  return at::prelu(at::batch_norm(x, weight, bias, running_mean, running_var, true, momentum, eps, false), slope);
+}
+
+struct Normalised {
+  Tensor mean, invstd, alpha, shift;  // per channel; z = x * alpha + shift = (x - mean) * invstd * weight + bias
+};
+
+// The batch's per-channel mean and biased variance (two passes: the sum, then the squares about the mean),
+// the running statistics updated as torch does (unbiased variance), and z's affine form.
+Normalised normalise(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
+                     const Tensor& running_var, double momentum, double eps) {
+  const int64_t c = x.size(1), n = x.numel() / c;
+  const int threads = at::get_num_threads();
+  auto doubles = x.options().dtype(at::kDouble);
+  Tensor scratch = at::zeros({threads, c}, doubles), sums = at::empty({c}, doubles);
+  Normalised out{at::empty({c}, x.options()), at::empty({c}, x.options()), at::empty({c}, x.options()),
+                 at::empty({c}, x.options())};
+  float* mean = out.mean.data_ptr<float>();
+  const double* s = sums.data_ptr<double>();
+  bn_sums_rows(x.data_ptr<float>(), nullptr, scratch.data_ptr<double>(), sums.data_ptr<double>(), n, c, threads,
+               kParallelMin);
+  for (int64_t i = 0; i < c; ++i) mean[i] = static_cast<float>(s[i] / n);
+  scratch.zero_();
+  bn_sums_rows(x.data_ptr<float>(), mean, scratch.data_ptr<double>(), sums.data_ptr<double>(), n, c, threads,
+               kParallelMin);
+  float* invstd = out.invstd.data_ptr<float>();
+  float* alpha = out.alpha.data_ptr<float>();
+  float* shift = out.shift.data_ptr<float>();
+  const float* w = weight.data_ptr<float>();
+  const float* b = bias.data_ptr<float>();
+  float* rm = running_mean.data_ptr<float>();
+  float* rv = running_var.data_ptr<float>();
+  for (int64_t i = 0; i < c; ++i) {
+    const double var = s[i] / n;
+    invstd[i] = static_cast<float>(1.0 / std::sqrt(var + eps));
+    alpha[i] = invstd[i] * w[i];
+    shift[i] = b[i] - mean[i] * alpha[i];
+    rm[i] = static_cast<float>(momentum * mean[i] + (1.0 - momentum) * rm[i]);
+    rv[i] = static_cast<float>(momentum * var * n / (n - 1) + (1.0 - momentum) * rv[i]);
+  }
+  return out;
+}
+
+Tensor bn_prelu_apply(const Tensor& x, const Normalised& z, const Tensor& slope) {
+  Tensor y = at::empty_like(x);
+  const int64_t c = x.size(1);
+  bn_prelu_rows(x.data_ptr<float>(), z.alpha.data_ptr<float>(), z.shift.data_ptr<float>(), slope.data_ptr<float>(),
+                y.data_ptr<float>(), x.numel() / c, c, at::get_num_threads(), kParallelMin);
+  return y;
+}
+
+// Without autograd (inference mode): the fused forward, or torch's composition.
+Tensor bn_prelu_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& slope,
+                        const Tensor& running_mean, const Tensor& running_var, double momentum, double eps) {
+  if (!bn_prelu_takes(x, weight, bias, slope, running_mean, running_var))
+    return bn_prelu_composite(x, weight, bias, slope, running_mean, running_var, momentum, eps);
+  return bn_prelu_apply(x, normalise(x, weight, bias, running_mean, running_var, momentum, eps), slope);
+}
+
+class BNPReLUFunction : public torch::autograd::Function<BNPReLUFunction> {
+ public:
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& weight, const Tensor& bias,
+                        const Tensor& slope, const Tensor& running_mean, const Tensor& running_var, double momentum,
+                        double eps) {
+    Normalised z = normalise(x, weight, bias, running_mean, running_var, momentum, eps);
+    Tensor y = bn_prelu_apply(x, z, slope);
+    // the input, not the output: the output may be changed in place (ENet's spatial dropout)
+    ctx->save_for_backward({x, weight, slope, z.mean, z.invstd, z.alpha, z.shift});
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    TORCH_CHECK(!at::GradMode::is_enabled(), "napari_sizeloss.bn_prelu has no double backward");
+    auto saved = ctx->get_saved_variables();
+    const Tensor &x = saved[0], &weight = saved[1], &slope = saved[2], &mean = saved[3], &invstd = saved[4],
+                 &alpha = saved[5], &shift = saved[6];
+    const Tensor grad = grads[0].contiguous(at::MemoryFormat::ChannelsLast);
+    const int64_t c = x.size(1), n = x.numel() / c;
+    const int threads = at::get_num_threads();
+    auto doubles = x.options().dtype(at::kDouble);
+    Tensor scratch = at::zeros({threads, 3 * c}, doubles), sums = at::empty({3 * c}, doubles);
+    bn_prelu_backward_sums_rows(grad.data_ptr<float>(), x.data_ptr<float>(), mean.data_ptr<float>(),
+                                alpha.data_ptr<float>(), shift.data_ptr<float>(), slope.data_ptr<float>(),
+                                scratch.data_ptr<double>(), sums.data_ptr<double>(), n, c, threads, kParallelMin);
+    const double* s = sums.data_ptr<double>();
+    const float* is = invstd.data_ptr<float>();
+    const float* w = weight.data_ptr<float>();
+    Tensor grad_slope = at::empty({c}, x.options()), grad_bias = at::empty({c}, x.options()),
+           grad_weight = at::empty({c}, x.options()), a = at::empty({c}, x.options()),
+           b = at::empty({c}, x.options()), k = at::empty({c}, x.options());
+    float *gs = grad_slope.data_ptr<float>(), *gb = grad_bias.data_ptr<float>(), *gw = grad_weight.data_ptr<float>();
+    float *pa = a.data_ptr<float>(), *pb = b.data_ptr<float>(), *pk = k.data_ptr<float>();
+    for (int64_t i = 0; i < c; ++i) {
+      gs[i] = static_cast<float>(s[i]);
+      gb[i] = static_cast<float>(s[c + i]);
+      gw[i] = static_cast<float>(s[2 * c + i] * is[i]);
+      pa[i] = static_cast<float>(s[c + i] / n);
+      pb[i] = static_cast<float>(s[2 * c + i] * is[i] * is[i] / n);
+      pk[i] = w[i] * is[i];
+    }
+    Tensor grad_x;
+    if (ctx->needs_input_grad(0)) {
+      grad_x = at::empty_like(x);
+      bn_prelu_backward_input_rows(grad.data_ptr<float>(), x.data_ptr<float>(), mean.data_ptr<float>(),
+                                   alpha.data_ptr<float>(), shift.data_ptr<float>(), slope.data_ptr<float>(), pa, pb,
+                                   pk, grad_x.data_ptr<float>(), n, c, threads, kParallelMin);
+    }
+    return {grad_x,
+            ctx->needs_input_grad(1) ? grad_weight : Tensor(),
+            ctx->needs_input_grad(2) ? grad_bias : Tensor(),
+            ctx->needs_input_grad(3) ? grad_slope : Tensor(),
+            Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+Tensor bn_prelu_autograd(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& slope,
+                         const Tensor& running_mean, const Tensor& running_var, double momentum, double eps) {
+  if (!bn_prelu_takes(x, weight, bias, slope, running_mean, running_var))
+    return bn_prelu_composite(x, weight, bias, slope, running_mean, running_var, momentum, eps);
+  return BNPReLUFunction::apply(x, weight, bias, slope, running_mean, running_var, momentum, eps);
+}
+
 }  // namespace
 
-TORCH_LIBRARY(@NAMESPACE@, m) { m.def("prelu(Tensor x, Tensor weight) -> Tensor"); }
-TORCH_LIBRARY_IMPL(@NAMESPACE@, CPU, m) { m.impl("prelu", prelu_forward); }
-TORCH_LIBRARY_IMPL(@NAMESPACE@, Autograd, m) { m.impl("prelu", prelu_autograd); }
+TORCH_LIBRARY(@NAMESPACE@, m) {
+  m.def("prelu(Tensor x, Tensor weight) -> Tensor");
+  m.def("bn_prelu(Tensor x, Tensor weight, Tensor bias, Tensor slope, Tensor(a!) running_mean, "
+        "Tensor(b!) running_var, float momentum, float eps) -> Tensor");
+}
+TORCH_LIBRARY_IMPL(@NAMESPACE@, CPU, m) {
+  m.impl("prelu", prelu_forward);
+  m.impl("bn_prelu", bn_prelu_forward);
+}
+TORCH_LIBRARY_IMPL(@NAMESPACE@, Autograd, m) {
+  m.impl("prelu", prelu_autograd);
+  m.impl("bn_prelu", bn_prelu_autograd);
+}
 """
 
 #: C++ compiler flags (with torch's include folders, library folder and C++ ABI added at build time):
@@ -401,7 +579,8 @@ def _wait_for_other_build(target: Path, lock: Path) -> None:
 
 
 #: The C kernels the operator calls, in the order of ``napari_sizeloss_set_kernels``'s arguments.
-_KERNELS = ("prelu_rows_out", "prelu_planes_out", "prelu_backward_rows", "prelu_backward_planes")
+_KERNELS = ("prelu_rows_out", "prelu_planes_out", "prelu_backward_rows", "prelu_backward_planes", "bn_sums_rows",
+            "bn_prelu_rows", "bn_prelu_backward_sums_rows", "bn_prelu_backward_input_rows")
 
 
 def _hand_over_kernels(library: ctypes.CDLL) -> None:
@@ -417,21 +596,21 @@ def _hand_over_kernels(library: ctypes.CDLL) -> None:
         raise RuntimeError("the operator did not take the C kernels")
 
 
-def _registered():
-    """The operator if a library of ours is already loaded in this process, else None.
+def _registered(name: str = "prelu"):
+    """The operator ``name`` if a library of ours is already loaded in this process, else None.
 
     A second library registering the same namespace would abort the process
     (torch throws from the library's static initialiser), so none is loaded then.
     """
     try:
-        return getattr(torch.ops, NAMESPACE).prelu.default
+        return getattr(getattr(torch.ops, NAMESPACE), name).default
     except (AttributeError, RuntimeError):
         return None
 
 
 def _load(path: Path, how: str) -> None:
-    """Load the library at ``path``, check the operator against torch's operators, publish it in :data:`OP`."""
-    global OP
+    """Load the library at ``path``, check its operators against torch's, publish them in :data:`OP`, :data:`BN_PRELU`."""
+    global OP, BN_PRELU
     try:
         op = _registered()
         if op is None:
@@ -452,8 +631,16 @@ def _load(path: Path, how: str) -> None:
             path.unlink()
         _set(f"unavailable (it failed its check: {_first_line(exc)})")
         return
-    OP = op
-    _set(f"in use ({how})")
+    fused, note = _registered("bn_prelu"), ""
+    try:
+        if fused is None:  # a library of ours from before the fused operator, loaded earlier in this process
+            raise AttributeError(f"no {NAMESPACE}.bn_prelu in the loaded library")
+        with torch.inference_mode(False), torch.enable_grad():
+            _self_test_bn_prelu(fused)
+    except Exception as exc:  # noqa: BLE001 - the PReLU operator stays; batch norm stays torch's
+        fused, note = None, f"; batch norm not fused: {_first_line(exc)}"
+    OP, BN_PRELU = op, fused
+    _set(f"in use ({how}{note})")
 
 
 def wait(timeout: float | None = None) -> bool:
@@ -466,19 +653,24 @@ def wait(timeout: float | None = None) -> bool:
 
 
 @contextlib.contextmanager
-def enabled(use: bool) -> Iterator[None]:
-    """Within the block, train through the operator (``True``, where it is loaded) or the Python function.
+def enabled(use: bool, *, fused: bool | None = None) -> Iterator[None]:
+    """Within the block, train through the operators (``True``, where loaded) or the Python function.
 
-    For side-by-side measurements and tests; not thread-safe against a build
+    ``fused`` (default: ``use``): whether batch norm and PReLU pairs train
+    through the fused operator (:data:`BN_PRELU`, within float rounding of
+    torch's) or apart; ``enabled(True, fused=False)`` trains through the
+    PReLU operator alone, the same bits as the Python function. For
+    side-by-side measurements and tests; not thread-safe against a build
     that completes inside the block.
     """
-    global OP
-    saved = OP
-    OP = saved if use else None
+    global OP, BN_PRELU
+    saved = OP, BN_PRELU
+    OP = saved[0] if use else None
+    BN_PRELU = saved[1] if (use if fused is None else fused) else None
     try:
         yield
     finally:
-        OP = saved
+        OP, BN_PRELU = saved
 
 
 def _self_test(op) -> None:
@@ -509,3 +701,44 @@ def _self_test(op) -> None:
             want = [t for t, need in zip((want_x, want_w), needs, strict=True) if need]
             if not all(native_prelu._same_bits(a, b) for a, b in zip(want, got, strict=True)):
                 raise RuntimeError("the operator's backward differs from torch's operators")
+
+
+def _close(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
+    scale = want.abs().max().item()
+    if not torch.isfinite(got).all() or (got - want).abs().max().item() > 1e-4 * scale + 1e-6:
+        raise RuntimeError(f"the fused batch norm and PReLU's {what} differs from torch's")
+
+
+def _self_test_bn_prelu(op) -> None:
+    """The fused operator against torch's ``batch_norm`` (training) then ``prelu``, within float rounding.
+
+    Output, the four gradients and both running statistics, each within
+    1e-4 of its largest magnitude; one channel constant (zero variance), one
+    shape small enough for one thread and one large enough for two. Raises
+    RuntimeError. Leaves torch's thread count alone.
+    """
+    gen = torch.Generator().manual_seed(1)
+    for shape in ((2, 11, 9, 7), (1, 16, 64, 48)):
+        c = shape[1]
+        x = torch.randn(shape, generator=gen) * 3 + 1
+        x[:, 0] = 2.0
+        x = x.contiguous(memory_format=torch.channels_last)
+        g = torch.randn(shape, generator=gen).contiguous(memory_format=torch.channels_last)
+        params = [torch.rand(c, generator=gen) + 0.5, torch.randn(c, generator=gen),
+                  torch.randn(c, generator=gen) * 0.5]
+        stats = [torch.randn(c, generator=gen), torch.rand(c, generator=gen) + 0.5]
+        results = []
+        for fused in (True, False):
+            xi = x.detach().requires_grad_()
+            pi = [p.detach().requires_grad_() for p in params]
+            si = [t.clone() for t in stats]
+            if fused:
+                y = op(xi, *pi, *si, 0.1, 1e-5)
+            else:
+                y = torch.prelu(torch.batch_norm(xi, pi[0], pi[1], si[0], si[1], True, 0.1, 1e-5, False), pi[2])
+            grads = torch.autograd.grad(y, [xi, *pi], g)
+            results.append([y.detach(), *grads, *si])
+        names = ("output", "input gradient", "weight gradient", "bias gradient", "slope gradient",
+                 "running mean", "running variance")
+        for got, want, what in zip(*results, names, strict=True):
+            _close(got, want, what)

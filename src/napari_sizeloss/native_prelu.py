@@ -216,6 +216,145 @@ void prelu_backward_planes(const float *restrict g, const float *restrict x, con
             prelu_grad_bits(gp[k], xp[k], wi, &gxp[k], &tp[k]);
     }
 }
+
+/* Training's batch norm then PReLU in one operator (napari_sizeloss.native_op's bn_prelu, which calls
+ * these through their addresses), channels innermost (rows = N*H*W). Unlike the kernels above these are
+ * not bit for bit torch's: the per-channel sums run in another order (within float rounding of torch's).
+ * Each thread sums blocks of BN_BLOCK rows in float, adds each block's sum to its row of `scratch`
+ * (threads x k*channels doubles, zeroed by the caller) and the rows are added in thread order into
+ * `out`: the same bits for the same number of threads. channels <= 1024 (the operator's limit). */
+#include <omp.h>
+#define BN_BLOCK 64
+
+static inline float select_bits(int take_a, float a, float b) {
+    uint32_t ab, bb, rb, keep = -(uint32_t)take_a;
+    float r;
+    memcpy(&ab, &a, 4);
+    memcpy(&bb, &b, 4);
+    rb = (ab & keep) | (bb & ~keep);
+    memcpy(&r, &rb, 4);
+    return r;
+}
+
+static void add_rows_of(const double *restrict scratch, double *restrict out, int64_t width, int team) {
+    for (int64_t c = 0; c < width; ++c) {
+        double s = 0.0;
+        for (int t = 0; t < team; ++t)
+            s += scratch[t * width + c];
+        out[c] = s;
+    }
+}
+
+/* out[c] = sum over rows of x[r, c] (mean == NULL), else of (x[r, c] - mean[c])^2. */
+void bn_sums_rows(const float *restrict x, const float *restrict mean, double *restrict scratch,
+                  double *restrict out, int64_t rows, int64_t channels, int threads, int64_t parallel_min) {
+    const int team = rows * channels >= parallel_min ? threads : 1;
+    #pragma omp parallel num_threads(team)
+    {
+        const int t = omp_get_thread_num(), n = omp_get_num_threads();
+        const int64_t r0 = rows * t / n, r1 = rows * (t + 1) / n;
+        double *restrict part = scratch + t * channels;
+        float acc[channels];
+        for (int64_t b = r0; b < r1; b += BN_BLOCK) {
+            const int64_t e = b + BN_BLOCK < r1 ? b + BN_BLOCK : r1;
+            for (int64_t c = 0; c < channels; ++c)
+                acc[c] = 0.0f;
+            for (int64_t r = b; r < e; ++r) {
+                const float *restrict xr = x + r * channels;
+                if (mean == NULL) {
+                    for (int64_t c = 0; c < channels; ++c)
+                        acc[c] += xr[c];
+                } else {
+                    for (int64_t c = 0; c < channels; ++c) {
+                        const float d = xr[c] - mean[c];
+                        acc[c] += d * d;
+                    }
+                }
+            }
+            for (int64_t c = 0; c < channels; ++c)
+                part[c] += acc[c];
+        }
+    }
+    add_rows_of(scratch, out, channels, team);
+}
+
+/* y = prelu(x * alpha + shift, slope): the normalised value z's affine form and the activation, one pass. */
+void bn_prelu_rows(const float *restrict x, const float *restrict alpha, const float *restrict shift,
+                   const float *restrict slope, float *restrict y, int64_t rows, int64_t channels, int threads,
+                   int64_t parallel_min) {
+    #pragma omp parallel for num_threads(threads) schedule(static) if (rows * channels >= parallel_min)
+    for (int64_t r = 0; r < rows; ++r) {
+        const float *restrict xr = x + r * channels;
+        float *restrict yr = y + r * channels;
+        for (int64_t c = 0; c < channels; ++c) {
+            const float z = xr[c] * alpha[c] + shift[c];
+            yr[c] = select_bits(z > 0.0f, z, slope[c] * z);
+        }
+    }
+}
+
+/* The backward pass's sums, with z recomputed from x as bn_prelu_rows computes it and dz the gradient
+ * at z: out[0:C] = sum of g * z where z <= 0 (the slopes' gradient), out[C:2C] = sum of dz (the bias's),
+ * out[2C:3C] = sum of dz * (x - mean). scratch: threads x 3C. */
+void bn_prelu_backward_sums_rows(const float *restrict g, const float *restrict x, const float *restrict mean,
+                                 const float *restrict alpha, const float *restrict shift,
+                                 const float *restrict slope, double *restrict scratch, double *restrict out,
+                                 int64_t rows, int64_t channels, int threads, int64_t parallel_min) {
+    const int team = rows * channels >= parallel_min ? threads : 1;
+    #pragma omp parallel num_threads(team)
+    {
+        const int t = omp_get_thread_num(), n = omp_get_num_threads();
+        const int64_t r0 = rows * t / n, r1 = rows * (t + 1) / n;
+        double *restrict part = scratch + t * 3 * channels;
+        float s_slope[channels], s_dz[channels], s_dzx[channels];
+        for (int64_t b = r0; b < r1; b += BN_BLOCK) {
+            const int64_t e = b + BN_BLOCK < r1 ? b + BN_BLOCK : r1;
+            for (int64_t c = 0; c < channels; ++c) {
+                s_slope[c] = 0.0f;
+                s_dz[c] = 0.0f;
+                s_dzx[c] = 0.0f;
+            }
+            for (int64_t r = b; r < e; ++r) {
+                const float *restrict xr = x + r * channels;
+                const float *restrict gr = g + r * channels;
+                for (int64_t c = 0; c < channels; ++c) {
+                    const float z = xr[c] * alpha[c] + shift[c];
+                    const int positive = z > 0.0f;
+                    const float dz = select_bits(positive, gr[c], slope[c] * gr[c]);
+                    s_slope[c] += select_bits(positive, 0.0f, gr[c] * z);
+                    s_dz[c] += dz;
+                    s_dzx[c] += dz * (xr[c] - mean[c]);
+                }
+            }
+            for (int64_t c = 0; c < channels; ++c) {
+                part[c] += s_slope[c];
+                part[channels + c] += s_dz[c];
+                part[2 * channels + c] += s_dzx[c];
+            }
+        }
+    }
+    add_rows_of(scratch, out, 3 * channels, team);
+}
+
+/* The input's gradient: gx = (dz - a - (x - mean) * b) * k, per channel a = sum dz / N,
+ * b = sum dz (x - mean) * invstd^2 / N, k = weight * invstd (as torch's batch-norm backward). */
+void bn_prelu_backward_input_rows(const float *restrict g, const float *restrict x, const float *restrict mean,
+                                  const float *restrict alpha, const float *restrict shift,
+                                  const float *restrict slope, const float *restrict a, const float *restrict b,
+                                  const float *restrict k, float *restrict gx, int64_t rows, int64_t channels,
+                                  int threads, int64_t parallel_min) {
+    #pragma omp parallel for num_threads(threads) schedule(static) if (rows * channels >= parallel_min)
+    for (int64_t r = 0; r < rows; ++r) {
+        const float *restrict xr = x + r * channels;
+        const float *restrict gr = g + r * channels;
+        float *restrict out = gx + r * channels;
+        for (int64_t c = 0; c < channels; ++c) {
+            const float z = xr[c] * alpha[c] + shift[c];
+            const float dz = select_bits(z > 0.0f, gr[c], slope[c] * gr[c]);
+            out[c] = (dz - a[c] - (xr[c] - mean[c]) * b[c]) * k[c];
+        }
+    }
+}
 """
 
 #: Compiler flags: -march=native builds for this CPU (the cache key includes the CPU's flags); no
