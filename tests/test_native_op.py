@@ -30,6 +30,7 @@ def fresh(monkeypatch, tmp_path):
     cannot be loaded into one process (the ones that do run in a subprocess).
     """
     monkeypatch.setattr(native_op, "OP", None)
+    monkeypatch.setattr(native_op, "BN_PRELU", None)
     monkeypatch.setattr(native_op, "_state", {"tried": False, "status": "not started (test)", "thread": None})
     monkeypatch.setenv(native_prelu.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.delenv(native_prelu.ENV_SWITCH, raising=False)

@@ -290,8 +290,14 @@ Tensor bn_prelu_apply(const Tensor& x, const Normalised& z, const Tensor& slope)
 }
 
 // Without autograd (inference mode): the fused forward, or torch's composition.
+void check_values_per_channel(const Tensor& x) {
+  TORCH_CHECK(x.dim() < 2 || x.size(1) == 0 || x.numel() / x.size(1) > 1,
+              "Expected more than 1 value per channel when training, got input size ", x.sizes());
+}
+
 Tensor bn_prelu_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& slope,
                         const Tensor& running_mean, const Tensor& running_var, double momentum, double eps) {
+  check_values_per_channel(x);
   if (!bn_prelu_takes(x, weight, bias, slope, running_mean, running_var))
     return bn_prelu_composite(x, weight, bias, slope, running_mean, running_var, momentum, eps);
   return bn_prelu_apply(x, normalise(x, weight, bias, running_mean, running_var, momentum, eps), slope);
@@ -355,6 +361,7 @@ class BNPReLUFunction : public torch::autograd::Function<BNPReLUFunction> {
 
 Tensor bn_prelu_autograd(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& slope,
                          const Tensor& running_mean, const Tensor& running_var, double momentum, double eps) {
+  check_values_per_channel(x);
   if (!bn_prelu_takes(x, weight, bias, slope, running_mean, running_var))
     return bn_prelu_composite(x, weight, bias, slope, running_mean, running_var, momentum, eps);
   return BNPReLUFunction::apply(x, weight, bias, slope, running_mean, running_var, momentum, eps);
