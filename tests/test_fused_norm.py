@@ -1,4 +1,4 @@
-"""Training's batch norm + PReLU pairs as one C++ operator: torch's values within rounding, routed only where it applies."""
+"""Training's batch norm + PReLU pairs as one C++ operator: torch's values within rounding, used where it applies."""
 
 import copy
 import os
@@ -108,7 +108,7 @@ def test_the_same_bits_from_run_to_run():
     torch.set_num_threads(2)
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(1, 32, 64, 64, generator=gen).contiguous(memory_format=torch.channels_last).requires_grad_()
-    w, b, s = torch.rand(32, requires_grad=True), torch.randn(32, requires_grad=True), torch.rand(32, requires_grad=True)
+    w, b, s = (torch.rand(32).requires_grad_(), torch.randn(32).requires_grad_(), torch.rand(32).requires_grad_())
     runs = []
     for _ in range(3):
         y = op(x, w, b, s, torch.zeros(32), torch.ones(32), 0.1, 1e-5)

@@ -616,7 +616,8 @@ def _registered(name: str = "prelu"):
 
 
 def _load(path: Path, how: str) -> None:
-    """Load the library at ``path``, check its operators against torch's, publish them in :data:`OP`, :data:`BN_PRELU`."""
+    """Load the library at ``path``, check its operators against torch's, publish them in :data:`OP`, :data:`BN_PRELU`.
+    """
     global OP, BN_PRELU
     try:
         op = _registered()

@@ -40,7 +40,8 @@ from torch.autograd.function import once_differentiable
 
 from . import native_op, native_prelu
 
-__all__ = ["ENet", "PReLU", "BNPReLU", "with_torch_prelu", "count_parameters", "STRIDE", "MIN_PADDED_SIDE", "BOTTLENECK_RATIO"]
+__all__ = ["ENet", "PReLU", "BNPReLU", "with_torch_prelu", "count_parameters", "STRIDE", "MIN_PADDED_SIDE",
+           "BOTTLENECK_RATIO"]
 
 #: Total downsampling factor: input sides are padded to a multiple of this.
 STRIDE = 8
