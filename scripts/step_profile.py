@@ -22,8 +22,9 @@ from napari_sizeloss.allocator import tune_allocator
 from napari_sizeloss.device import make_adam, to_channels_last
 from napari_sizeloss.network import ENet
 
-KINDS = [
+KINDS = [  # in order: an operator counts for the first kind whose key it contains
     ("convolutions (forward and backward)", ("conv",)),
+    ("batch norm + PReLU, fused (native_op)", ("bn_prelu", "bnprelu")),
     ("PReLU (forward and backward)", ("prelu", "threshold_backward", "addcmul")),
     ("batch norm", ("batch_norm",)),
     ("max-pool / unpool", ("max_pool", "max_unpool")),

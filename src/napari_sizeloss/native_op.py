@@ -24,12 +24,25 @@ it at once. A build outlives the process that started it (it is short, and
 only writes its own file in the cache folder, renamed into place when
 complete): the next process then finds it ready.
 
+The same library holds a second operator, ``torch.ops.napari_sizeloss.bn_prelu``
+(:data:`BN_PRELU`): training's batch norm and the PReLU after it in one
+node, on channels-last float32 CPU tensors, through ``native_prelu``'s
+``bn_*`` kernels (the statistics' two sums in one pass each, the
+normalised and activated output in one, the backward in two, ``z``
+recomputed from the input instead of two saved activations). It is not bit
+for bit torch's (its sums run in another order), so it is checked within
+float rounding against ``batch_norm`` then ``prelu`` before use (output,
+four gradients, running statistics); :class:`~napari_sizeloss.network.BNPReLU`
+uses it: training steps a further 14-16 % faster on 2 CPU cores
+(``python scripts/native_op_bench.py --fused``).
+
 Not used, and :func:`status` says why in one line: with
 ``NAPARI_SIZELOSS_NATIVE=0``, where the C kernels are not in use, without a
-C++ compiler or torch's headers, or when the build or its check fails. The
-operator takes float32 4-D CPU tensors, contiguous or channels-last, with
-one slope per channel; :class:`~napari_sizeloss.network.PReLU` hands it
-nothing else.
+C++ compiler or torch's headers, or when the build or its check fails (a
+fused operator that fails its check leaves the PReLU operator in use and
+says so). The PReLU operator takes float32 4-D CPU tensors, contiguous or
+channels-last, with one slope per channel;
+:class:`~napari_sizeloss.network.PReLU` hands it nothing else.
 """
 
 from __future__ import annotations

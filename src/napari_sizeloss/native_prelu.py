@@ -14,7 +14,12 @@ bits):
 - :func:`prelu`: PReLU into a new tensor in one pass on torch's threads
   (training's forward, which keeps the input for the backward pass);
 - :func:`prelu_backward`: the input's gradient and the slopes' per-element
-  terms in one pass (training's backward).
+  terms in one pass (training's backward);
+- ``bn_sums_rows``, ``bn_prelu_rows``, ``bn_prelu_backward_sums_rows``,
+  ``bn_prelu_backward_input_rows``: training's batch norm then PReLU on
+  channels-last tensors, called only by :mod:`napari_sizeloss.native_op`'s
+  fused operator (these are within float rounding of torch's, not bit for
+  bit: their sums run in another order; that operator checks them).
 
 Whole-slice prediction on 2 CPU cores is 11-14 % faster, training steps 5-8 %
 (``python scripts/native_prelu_bench.py``; ``docs/benchmarks.md``).
