@@ -33,7 +33,7 @@ recomputed from the input instead of two saved activations). It is not bit
 for bit torch's (its sums run in another order), so it is checked within
 float rounding against ``batch_norm`` then ``prelu`` before use (output,
 four gradients, running statistics); :class:`~napari_sizeloss.network.BNPReLU`
-uses it: training steps a further 14-16 % faster on 2 CPU cores
+uses it: training steps a further 13-15 % faster on 2 CPU cores
 (``python scripts/native_op_bench.py --fused``).
 
 Not used, and :func:`status` says why in one line: with

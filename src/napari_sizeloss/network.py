@@ -264,7 +264,7 @@ class BNPReLU(nn.Sequential):
     operator, :data:`napari_sizeloss.native_op.BN_PRELU`, once built: one
     pass for the statistics' two sums, one for the normalised and activated
     output, two in the backward pass, with ``z`` recomputed from the input
-    instead of two saved activations. Training steps 11-17 % faster on 2 CPU
+    instead of two saved activations. Training steps 13-15 % faster on 2 CPU
     cores (``python scripts/native_op_bench.py``); within float rounding of
     torch's ``batch_norm`` then ``prelu`` (its per-channel sums run in
     another order), not bit for bit. The running statistics and
