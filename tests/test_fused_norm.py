@@ -157,7 +157,10 @@ def test_the_module_hands_the_operator_only_what_it_takes():
     assert "BNPReLUFunction" in module(x).grad_fn.name()
     assert "BNPReLUFunction" not in module(x.contiguous()).grad_fn.name()  # NCHW: torch's pair
     assert "BNPReLUFunction" not in copy.deepcopy(module).double()(x.double()).grad_fn.name()
-    assert module.eval()(x).grad_fn.name() != "BNPReLUFunctionBackward"  # evaluation: running statistics
+    assert "BNPReLUFunction" not in module.eval()(x).grad_fn.name()  # evaluation: running statistics
+    module.train()
+    module[0].eval()  # a batch norm frozen on its own
+    assert "BNPReLUFunction" not in module(x).grad_fn.name()
     module.train()
     with torch.no_grad():
         assert module(x).grad_fn is None

@@ -265,7 +265,7 @@ class BNPReLU(nn.Sequential):
     pass for the statistics' two sums, one for the normalised and activated
     output, two in the backward pass, with ``z`` recomputed from the input
     instead of two saved activations. Training steps 13-15 % faster on 2 CPU
-    cores (``python scripts/native_op_bench.py``); within float rounding of
+    cores (``python scripts/native_op_bench.py --fused``); within float rounding of
     torch's ``batch_norm`` then ``prelu`` (its per-channel sums run in
     another order), not bit for bit. The running statistics and
     ``num_batches_tracked`` are updated as ``nn.BatchNorm2d`` updates them.
@@ -278,10 +278,11 @@ class BNPReLU(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         op = native_op.BN_PRELU
-        if op is not None and self.training and torch.is_grad_enabled() and len(self) == 2:
+        if op is not None and torch.is_grad_enabled() and len(self) == 2:
             norm, act = self[0], self[1]
             if (
-                type(norm) is nn.BatchNorm2d
+                norm.training  # (a batch norm frozen on its own, in evaluation mode, uses its running statistics)
+                and type(norm) is nn.BatchNorm2d
                 and type(act) is PReLU
                 and norm.affine
                 and norm.track_running_stats
