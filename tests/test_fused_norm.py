@@ -141,6 +141,21 @@ def test_one_value_per_channel_is_refused_as_torch_refuses_it():
 
 
 @needs_op
+def test_the_running_statistics_are_written_in_place_as_autograd_sees_it():
+    """As with torch's batch norm: a graph that saved a running statistic refuses to use it after the step."""
+    op = _fused()
+    x = torch.randn(2, 4, 3, 3).contiguous(memory_format=torch.channels_last).requires_grad_()
+    stats = [torch.zeros(4), torch.ones(4)]
+    versions = [t._version for t in stats]
+    scale = torch.ones(4, requires_grad=True)
+    saved = (scale * stats[0]).sum()  # mul saves stats[0] for the scale's gradient
+    op(x, torch.ones(4), torch.zeros(4), torch.full((4,), 0.25), *stats, 0.1, 1e-5)
+    assert all(t._version > v for t, v in zip(stats, versions, strict=True))
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        saved.backward()
+
+
+@needs_op
 def test_double_backward_is_refused_not_silently_wrong():
     op = _fused()
     x = torch.randn(1, 4, 3, 3).contiguous(memory_format=torch.channels_last).requires_grad_()

@@ -291,6 +291,9 @@ Normalised normalise(const Tensor& x, const Tensor& weight, const Tensor& bias, 
     rm[i] = static_cast<float>(momentum * mean[i] + (1.0 - momentum) * rm[i]);
     rv[i] = static_cast<float>(momentum * var * n / (n - 1) + (1.0 - momentum) * rv[i]);
   }
+  // written in place, as torch's batch norm writes them: autograd must see it (a graph that saved them fails)
+  running_mean.unsafeGetTensorImpl()->bump_version();
+  running_var.unsafeGetTensorImpl()->bump_version();
   return out;
 }
 
