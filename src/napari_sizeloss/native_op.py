@@ -305,12 +305,13 @@ Tensor bn_prelu_apply(const Tensor& x, const Normalised& z, const Tensor& slope)
   return y;
 }
 
-// Without autograd (inference mode): the fused forward, or torch's composition.
+// torch's batch norm refuses to train on one value per channel (its variance is undefined): so does this.
 void check_values_per_channel(const Tensor& x) {
   TORCH_CHECK(x.dim() < 2 || x.size(1) == 0 || x.numel() / x.size(1) > 1,
               "Expected more than 1 value per channel when training, got input size ", x.sizes());
 }
 
+// Without autograd (inference mode): the fused forward, or torch's composition.
 Tensor bn_prelu_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& slope,
                         const Tensor& running_mean, const Tensor& running_var, double momentum, double eps) {
   check_values_per_channel(x);

@@ -71,16 +71,26 @@ SOURCE = r"""
 #include <stdint.h>
 #include <string.h>
 
-/* y = x > 0 ? x : w * x, written over x, bit for bit as torch.prelu.
- * The select is done on the bits so that the compiler vectorises the loop. */
+/* take_a ? a : b, done on the bits so that the compiler vectorises the loops (a branch on random signs
+ * mispredicts). */
+static inline float select_bits(int take_a, float a, float b) {
+    uint32_t ab, bb, rb, keep = -(uint32_t)take_a;
+    float r;
+    memcpy(&ab, &a, 4);
+    memcpy(&bb, &b, 4);
+    rb = (ab & keep) | (bb & ~keep);
+    memcpy(&r, &rb, 4);
+    return r;
+}
+
+/* y = x > 0 ? x : w * x, written over x, bit for bit as torch.prelu. */
 static inline uint32_t prelu_bits(uint32_t xb, float w) {
-    float x, n;
-    uint32_t nb;
+    float x, y;
+    uint32_t yb;
     memcpy(&x, &xb, 4);
-    n = w * x;
-    memcpy(&nb, &n, 4);
-    uint32_t keep = -(uint32_t)(x > 0.0f);
-    return (xb & keep) | (nb & ~keep);
+    y = select_bits(x > 0.0f, x, w * x);
+    memcpy(&yb, &y, 4);
+    return yb;
 }
 
 static inline uint32_t add_prelu_bits(uint32_t yb, uint32_t ab, float w) {
@@ -230,16 +240,6 @@ void prelu_backward_planes(const float *restrict g, const float *restrict x, con
  * `out`: the same bits for the same number of threads. channels <= 1024 (the operator's limit). */
 #include <omp.h>
 #define BN_BLOCK 64
-
-static inline float select_bits(int take_a, float a, float b) {
-    uint32_t ab, bb, rb, keep = -(uint32_t)take_a;
-    float r;
-    memcpy(&ab, &a, 4);
-    memcpy(&bb, &b, 4);
-    rb = (ab & keep) | (bb & ~keep);
-    memcpy(&r, &rb, 4);
-    return r;
-}
 
 static void add_rows_of(const double *restrict scratch, double *restrict out, int64_t width, int team) {
     for (int64_t c = 0; c < width; ++c) {
