@@ -1,5 +1,7 @@
 """Device selection, autocast and threads (on this CPU-only machine; GPUs are simulated)."""
 
+import copy
+
 import pytest
 import torch
 
@@ -183,19 +185,20 @@ def test_is_channels_last_reads_the_weights_layout():
 
 
 def test_loaded_adam_moments_follow_channels_last_parameters():
-    """Contiguous moments (as a checkpoint stores them) with channels-last parameters corrupt fused Adam."""
+    """Contiguous moments (as a checkpoint stores them) with channels-last parameters corrupt torch's fused
+    Adam unless match_state_layouts lays them out; make_adam's FlatAdam copies them in by index anyway."""
     g = torch.Generator().manual_seed(0)
     start, grads = torch.randn(8, 4, 3, 3, generator=g), [torch.randn(8, 4, 3, 3, generator=g) for _ in range(2)]
 
-    def two_steps(layout, fix):
+    def two_steps(layout, fix, make=lambda ps: torch.optim.Adam(ps, lr=0.1, fused=True)):
         p = torch.nn.Parameter(start.clone().to(memory_format=layout))
-        opt = make_adam([p], 0.1, "cpu")
+        opt = make([p])
         p.grad = grads[0].clone().to(memory_format=layout)
         opt.step()
-        saved = opt.state_dict()
+        saved = copy.deepcopy(opt.state_dict())
         for key in ("exp_avg", "exp_avg_sq"):
             saved["state"][0][key] = saved["state"][0][key].contiguous()
-        opt = make_adam([p], 0.1, "cpu")
+        opt = make([p])
         opt.load_state_dict(saved)
         if fix:
             match_state_layouts(opt)
@@ -207,6 +210,8 @@ def test_loaded_adam_moments_follow_channels_last_parameters():
     reference = two_steps(torch.contiguous_format, fix=False)
     assert torch.allclose(two_steps(torch.channels_last, fix=True), reference, atol=1e-6)
     assert not torch.allclose(two_steps(torch.channels_last, fix=False), reference, atol=1e-3)  # the bug it prevents
+    flat = lambda ps: make_adam(ps, 0.1, "cpu")  # noqa: E731
+    assert torch.allclose(two_steps(torch.channels_last, fix=False, make=flat), reference, atol=1e-6)
 
 
 def test_configure_threads():

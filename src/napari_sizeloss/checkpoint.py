@@ -152,9 +152,16 @@ def _normalisation(value: Any, where: str) -> dict[str, float] | None:
 
 
 def _to_cpu(obj: Any) -> Any:
-    """Tensors (nested in dicts, lists, tuples) moved to the CPU, detached and contiguous."""
+    """Tensors (nested in dicts, lists, tuples) moved to the CPU, detached, contiguous and compact.
+
+    Compact: a view into a larger buffer (FlatAdam's parameters and moments
+    are) is copied out, so the file holds each tensor's own elements only.
+    """
     if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu").contiguous()
+        tensor = obj.detach().to("cpu").contiguous()
+        if tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size():
+            tensor = tensor.clone()
+        return tensor
     if isinstance(obj, dict):
         return {k: _to_cpu(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

@@ -225,17 +225,22 @@ def configure_threads(n: int | None) -> int:
 
 
 def make_adam(params, lr: float, device: torch.device | str = "cpu") -> torch.optim.Adam:
-    """Adam, fused into one kernel where torch supports it (CPU and CUDA).
+    """Adam, fused into one kernel call over flat buffers where torch supports it (CPU and CUDA).
 
-    On 2 CPU cores the fused update costs about 4 ms per ENet step instead of
-    about 17 ms for the per-parameter loop (``napari-sizeloss bench``). The
-    arithmetic is Adam's either way; the fused kernel's rounding differs only
-    in the last bits.
+    On 2 CPU cores torch's fused update costs about 3.6 ms per ENet step
+    instead of about 17 ms for the per-parameter loop, and
+    :class:`~napari_sizeloss.flat_adam.FlatAdam` (the same kernel once over
+    flat buffers) about 0.5 ms (``python scripts/adam_bench.py``). The
+    arithmetic is Adam's in every case; the fused kernels' rounding differs
+    only in the last bits. Make it after moving the model to its device and
+    memory format (FlatAdam moves the parameters' values into its buffer).
     """
     params = list(params)
     if _as_device(device).type in ("cpu", "cuda"):
+        from .flat_adam import FlatAdam
+
         try:
-            return torch.optim.Adam(params, lr=lr, fused=True)
+            return FlatAdam(params, lr=lr, fused=True)
         except (RuntimeError, TypeError, ValueError):
             pass  # an older torch or a parameter dtype the fused kernel lacks
     return torch.optim.Adam(params, lr=lr)
