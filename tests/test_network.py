@@ -459,3 +459,29 @@ def test_residual_sum_casts_the_main_path_first_as_before():
     out = _residual_sum(branch, main)
     assert out is branch and out.dtype == torch.bfloat16
     assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 64, 96), (1, 1, 6, 10), (2, 3, 8, 8)])
+def test_initial_max_pool_takes_the_elementwise_path_and_gives_max_pools_values(shape):
+    from napari_sizeloss import network
+
+    pool = nn.MaxPool2d(2, stride=2)
+    x = torch.randn(shape)
+    x.view(-1)[::7] = float("nan")  # NaNs propagate as in torch's kernel
+    x.view(-1)[1::7] = float("inf")
+    calls = []
+    spy = nn.MaxPool2d(2, stride=2)
+    spy.register_forward_hook(lambda *_: calls.append(1))
+    fast = network._max_pool_2x2(spy, x)
+    assert calls == []  # the elementwise path, not the pool
+    torch.testing.assert_close(fast, pool(x), equal_nan=True, rtol=0, atol=0)
+    assert fast.shape == (shape[0], shape[1], shape[2] // 2, shape[3] // 2) and fast.is_contiguous()
+    # where it would not be exact or would need a layout change: the pool itself
+    for other in (x[..., :-1, :], x.contiguous(memory_format=torch.channels_last) if shape[1] > 1 else None,
+                  x.clone().requires_grad_()):
+        if other is None:
+            continue
+        calls.clear()
+        torch.testing.assert_close(network._max_pool_2x2(spy, other), pool(other), equal_nan=True, rtol=0, atol=0)
+        assert calls == [1]
+    assert network._max_pool_2x2(nn.MaxPool2d(2, stride=1), x).shape[-1] == shape[3] - 1  # other settings: torch's
