@@ -1,8 +1,9 @@
 """Training steps through the C++ PReLU operator against the Python autograd function, alternating in one process.
 
-    python scripts/native_op_bench.py [--rounds 8] [--threads 2] [--only step256,interactive,floor] [--fused]
+    python scripts/native_op_bench.py [--rounds 8] [--threads 2] [--only step256,interactive,floor] [--fused | --ends]
 
-Each round measures, with the operator (:mod:`napari_sizeloss.native_op`) and
+Each round measures, with the operators (:mod:`napari_sizeloss.native_op`'s
+PReLU and, since 2026-12-07, its bottleneck ends: both the same bits) and
 with :class:`napari_sizeloss.network._PReLUFunction` (both run the same C
 kernels of :mod:`napari_sizeloss.native_prelu`; the order flips every round),
 the median of 8 training steps as ``napari-sizeloss bench`` times them
@@ -23,6 +24,10 @@ the operator first if it is not cached (about 20 s).
 with the PReLU operator and batch norm + PReLU pairs fused
 (:data:`napari_sizeloss.native_op.BN_PRELU`): within float rounding, not to
 the bit, so the check prints how far the first step's gradients are apart.
+
+``--ends`` compares every operator but the bottleneck ends
+(:data:`napari_sizeloss.native_op.SUM_PRELU`: the spatial dropout, residual
+sum and PReLU apart) with every operator: the same bits, checked as above.
 """
 
 from __future__ import annotations
@@ -46,8 +51,11 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", type=figure_list(FIGURES), default=",".join(FIGURES),
                         help="comma-separated figures (default: all)")
-    parser.add_argument("--fused", action="store_true",
+    choice = parser.add_mutually_exclusive_group()
+    choice.add_argument("--fused", action="store_true",
                         help="PReLU operator alone against PReLU operator + fused batch norm and PReLU")
+    choice.add_argument("--ends", action="store_true",
+                        help="every operator but the bottleneck ends against every operator")
     args = parser.parse_args()
     wanted = args.only
     torch.set_num_threads(args.threads)
@@ -57,14 +65,23 @@ def main() -> int:
     print(f"torch {torch.__version__}, {args.threads} threads; operator: {native_op.status()}")
     if args.fused and native_op.BN_PRELU is None:
         raise SystemExit("error: the fused batch norm and PReLU is not available here")
+    if args.ends and native_op.SUM_PRELU is None:
+        raise SystemExit("error: the bottleneck-end operator is not available here")
     cpu = torch.device("cpu")
-    # (new path, old path) as arguments of native_op.enabled
-    paths = {True: (True, True), False: (True, False)} if args.fused else {True: (True, False), False: (False, False)}
-    old_name, new_name = ("operator", "fused") if args.fused else ("function", "operator")
+    # the new path and the old one, as arguments of native_op.enabled
+    if args.fused:
+        paths = {True: {"use": True, "fused": True}, False: {"use": True, "fused": False}}
+        old_name, new_name = "operator", "fused"
+    elif args.ends:
+        paths = {True: {"use": True}, False: {"use": True, "ends": False}}
+        old_name, new_name = "apart", "ends"
+    else:
+        paths = {True: {"use": True, "fused": False}, False: {"use": False}}
+        old_name, new_name = "function", "operator"
 
     weights, grads = {}, {}
     for new in (True, False):
-        with native_op.enabled(paths[new][0], fused=paths[new][1]):
+        with native_op.enabled(**paths[new]):
             torch.manual_seed(0)
             step = bench.TrainStep(cpu, size=64, batch=2, channels_last=True)
             step()
@@ -100,7 +117,7 @@ def main() -> int:
         parts = []
         for name in wanted:
             for new in order:
-                with native_op.enabled(paths[new][0], fused=paths[new][1]):
+                with native_op.enabled(**paths[new]):
                     results[name][new].append(step_ms(name))
             parts.append(f"{name} {results[name][False][-1]:.1f} -> {results[name][True][-1]:.1f} ms")
         print(f"round {r + 1} ({old_name} -> {new_name}): " + "  ".join(parts), flush=True)

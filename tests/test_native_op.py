@@ -136,6 +136,7 @@ def test_enet_training_step_is_the_same_to_the_bit_through_the_operator(channels
         x = x.contiguous(memory_format=torch.channels_last)
     results = {}
     monkeypatch.setattr(native_op, "BN_PRELU", None)  # batch norms apart: every PReLU through the operator
+    monkeypatch.setattr(native_op, "SUM_PRELU", None)  # and bottleneck ends apart (tests/test_fused_ends.py)
     for use in (True, False):
         monkeypatch.setattr(native_op, "OP", counted if use else None)
         torch.manual_seed(11)

@@ -375,6 +375,7 @@ def test_enet_training_step_is_the_same_to_the_bit_with_the_kernel(channels_last
     """
     monkeypatch.setattr(native_op, "OP", None)
     monkeypatch.setattr(native_op, "BN_PRELU", None)  # (fused batch norm + PReLU: tests/test_native_op.py)
+    monkeypatch.setattr(native_op, "SUM_PRELU", None)  # (fused bottleneck ends: tests/test_fused_ends.py)
     loaded = {"lib": native_prelu.load(), "status": native_prelu.status()}
     x = torch.randn(2, 1, 40, 48)
     target = torch.randint(0, 2, (2, 40, 48))

@@ -232,6 +232,88 @@ void prelu_backward_planes(const float *restrict g, const float *restrict x, con
     }
 }
 
+/* A bottleneck's end in training, one operator (napari_sizeloss.native_op's sum_prelu, which calls these
+ * through their addresses): its spatial dropout, residual sum and PReLU, y = prelu(z) with
+ * z = b * n + m where the main path has the channel (c < added) and z = b * n beyond, bit for bit as
+ * torch's mul_, add_ and prelu in turn. b: rows x channels (channels innermost, rows = N*H*W); m: rows x added;
+ * n: the dropout's factor per image and channel (images x channels), or NULL for none (z = b + m). */
+void sum_prelu_rows(const float *restrict b, const float *restrict m, const float *restrict n,
+                    const float *restrict slope, float *restrict y, int64_t rows, int64_t channels, int64_t added,
+                    int64_t rows_per_image, int threads, int64_t parallel_min) {
+    #pragma omp parallel for num_threads(threads) schedule(static) if (rows * channels >= parallel_min)
+    for (int64_t r = 0; r < rows; ++r) {
+        const float *restrict br = b + r * channels;
+        const float *restrict mr = m + r * added;
+        float *restrict yr = y + r * channels;
+        if (n != NULL) {
+            const float *restrict nr = n + (r / rows_per_image) * channels;
+            for (int64_t c = 0; c < added; ++c) {
+                const float z = br[c] * nr[c] + mr[c];
+                yr[c] = select_bits(z > 0.0f, z, slope[c] * z);
+            }
+            for (int64_t c = added; c < channels; ++c) {
+                const float z = br[c] * nr[c];
+                yr[c] = select_bits(z > 0.0f, z, slope[c] * z);
+            }
+        } else {
+            for (int64_t c = 0; c < added; ++c) {
+                const float z = br[c] + mr[c];
+                yr[c] = select_bits(z > 0.0f, z, slope[c] * z);
+            }
+            for (int64_t c = added; c < channels; ++c)
+                yr[c] = select_bits(br[c] > 0.0f, br[c], slope[c] * br[c]);
+        }
+    }
+}
+
+/* Its backward: z recomputed as above; gz and the slopes' terms t as prelu_grad_bits computes them (torch
+ * then sums t per channel); gb = gz * n (or gz), gm = gz on the main path's channels (rows x added). Any of
+ * gb, gm, t may be NULL (not wanted). */
+void sum_prelu_backward_rows(const float *restrict g, const float *restrict b, const float *restrict m,
+                             const float *restrict n, const float *restrict slope, float *restrict gb,
+                             float *restrict gm, float *restrict t, int64_t rows, int64_t channels, int64_t added,
+                             int64_t rows_per_image, int threads, int64_t parallel_min) {
+    #pragma omp parallel for num_threads(threads) schedule(static) if (rows * channels >= parallel_min)
+    for (int64_t r = 0; r < rows; ++r) {
+        const float *restrict br = b + r * channels;
+        const float *restrict mr = m + r * added;
+        const uint32_t *restrict gr = (const uint32_t *)(g + r * channels);
+        const float *restrict nr = n != NULL ? n + (r / rows_per_image) * channels : NULL;
+        float z[channels], gz[channels];
+        uint32_t tz[channels];
+        if (nr != NULL) {
+            for (int64_t c = 0; c < added; ++c)
+                z[c] = br[c] * nr[c] + mr[c];
+            for (int64_t c = added; c < channels; ++c)
+                z[c] = br[c] * nr[c];
+        } else {
+            for (int64_t c = 0; c < added; ++c)
+                z[c] = br[c] + mr[c];
+            for (int64_t c = added; c < channels; ++c)
+                z[c] = br[c];
+        }
+        for (int64_t c = 0; c < channels; ++c) {
+            uint32_t zb, gzb;
+            memcpy(&zb, &z[c], 4);
+            prelu_grad_bits(gr[c], zb, slope[c], &gzb, &tz[c]);
+            memcpy(&gz[c], &gzb, 4);
+        }
+        if (gb != NULL) {
+            float *restrict o = gb + r * channels;
+            if (nr != NULL) {
+                for (int64_t c = 0; c < channels; ++c)
+                    o[c] = gz[c] * nr[c];
+            } else {
+                memcpy(o, gz, channels * sizeof(float));
+            }
+        }
+        if (gm != NULL)
+            memcpy(gm + r * added, gz, added * sizeof(float));
+        if (t != NULL)
+            memcpy(t + r * channels, tz, channels * sizeof(uint32_t));
+    }
+}
+
 /* Training's batch norm then PReLU in one operator (napari_sizeloss.native_op's bn_prelu, which calls
  * these through their addresses), channels innermost (rows = N*H*W). Unlike the kernels above these are
  * not bit for bit torch's: the per-channel sums run in another order (within float rounding of torch's).

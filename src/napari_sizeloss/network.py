@@ -244,6 +244,69 @@ def _sum_and_activate(act: nn.PReLU, branch: torch.Tensor, main: torch.Tensor) -
     return act(branch)
 
 
+def _ends_fused(act: nn.Module, x: torch.Tensor) -> bool:
+    """Whether a bottleneck with input ``x`` and output activation ``act`` may end through
+    :data:`napari_sizeloss.native_op.SUM_PRELU` (training on the CPU, once the operator is built); the
+    branch's output is checked again in :func:`_fused_end`."""
+    return (
+        native_op.SUM_PRELU is not None
+        and torch.is_grad_enabled()
+        and type(act) is PReLU
+        and x.is_cpu
+        and not _compiling()
+        and not _tracing()
+    )
+
+
+def _branch_before_dropout(branch: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, nn.Dropout2d | None]:
+    """``branch(x)`` without its last module when that is spatial dropout: (output, the dropout module or None)."""
+    *body, last = branch
+    for module in body:
+        x = module(x)
+    if type(last) is nn.Dropout2d:
+        return x, last
+    return last(x), None
+
+
+def _dropout_noise(drop: nn.Dropout2d | None, x: torch.Tensor) -> torch.Tensor | None:
+    """The factor per image and channel ``drop(x)`` would multiply ``x`` by, ``(N, C, 1, 1)``, or None for none.
+
+    Drawn as torch's spatial dropout draws it (``bernoulli_(1 - p)`` on an
+    ``(N, C, 1, 1)`` tensor, then ``div_(1 - p)``), from the same generator in
+    the same order: the same masks as ``nn.Dropout2d``.
+    """
+    if drop is None or not drop.training or drop.p == 0 or x.numel() == 0:
+        return None
+    shape = (x.shape[0], x.shape[1], 1, 1)
+    if drop.p == 1:
+        return torch.zeros(shape, dtype=x.dtype, device=x.device)
+    return torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(1 - drop.p).div_(1 - drop.p)
+
+
+def _fused_end(act: PReLU, branch: torch.Tensor, main: torch.Tensor, drop: nn.Dropout2d | None) -> torch.Tensor:
+    """A bottleneck's end in training, ``act(main + drop(branch))``, as one operator where it can be.
+
+    :data:`napari_sizeloss.native_op.SUM_PRELU` for float32 channels-last
+    tensors: the dropout's product, the residual sum and the PReLU in one
+    pass forward and one backward, the same bits as the three operators in
+    turn (and the same dropout masks); ``drop`` then :func:`_sum_and_activate`
+    otherwise.
+    """
+    op = native_op.SUM_PRELU
+    if (
+        op is not None
+        and branch.dtype is torch.float32
+        and main.dtype is torch.float32
+        and _truly_channels_last(branch)
+        and main.dim() == 4
+        and main.shape[1] <= branch.shape[1]
+        and act.num_parameters == branch.shape[1]
+        and act.weight.dtype is torch.float32
+    ):
+        return op(branch, main, act.weight, _dropout_noise(drop, branch))
+    return _sum_and_activate(act, drop(branch) if drop is not None else branch, main)
+
+
 def _spatial_dropout(p: float) -> nn.Dropout2d:
     """Spatial dropout (whole channels zeroed with probability ``p``) that scales its input in place.
 
@@ -398,6 +461,9 @@ class RegularBottleneck(nn.Module):
         self.out_act = PReLU(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _ends_fused(self.out_act, x):
+            branch, drop = _branch_before_dropout(self.branch, x)
+            return _fused_end(self.out_act, branch, x, drop)
         return _sum_and_activate(self.out_act, self.branch(x), x)
 
 
@@ -430,8 +496,11 @@ class DownsamplingBottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         main, indices = self.pool(x)
-        branch = self.branch(x)
         # the main path's channels are zero beyond the first C_in: add only those
+        if _ends_fused(self.out_act, x):
+            branch, drop = _branch_before_dropout(self.branch, x)
+            return _fused_end(self.out_act, branch, main, drop), indices
+        branch = self.branch(x)
         return _sum_and_activate(self.out_act, branch, main), indices
 
 
@@ -461,8 +530,11 @@ class UpsamplingBottleneck(nn.Module):
         self.out_act = PReLU(out_channels)
 
     def forward(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        branch = self.branch(x)
+        fused = _ends_fused(self.out_act, x)
+        branch, drop = _branch_before_dropout(self.branch, x) if fused else (self.branch(x), None)
         main = self.unpool(self.main(x).to(branch.dtype), indices, output_size=branch.shape[-2:])
+        if fused:
+            return _fused_end(self.out_act, branch, main, drop)
         return _sum_and_activate(self.out_act, branch, main)
 
 
