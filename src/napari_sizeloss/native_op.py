@@ -160,6 +160,7 @@ extern "C" int napari_sizeloss_kernels_ready() {
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/mul.h>
+#include <ATen/ops/ones.h>
 #include <ATen/ops/prelu.h>
 #include <ATen/ops/sub.h>
 #include <ATen/ops/sum.h>
@@ -477,15 +478,17 @@ class SumPReLUFunction : public torch::autograd::Function<SumPReLUFunction> {
     const Tensor grad = grads[0].contiguous(at::MemoryFormat::ChannelsLast);
     const bool want_b = ctx->needs_input_grad(0), want_m = ctx->needs_input_grad(1),
                want_s = ctx->needs_input_grad(2);
-    Tensor grad_b = want_b ? at::empty_like(branch) : Tensor();
-    Tensor grad_m = want_m ? at::empty_like(main) : Tensor();
-    Tensor terms = want_s ? at::empty_like(branch) : Tensor();
+    // one kernel writes all three (ENet wants all three); no dropout: a factor of one (b * 1 is b, bit for bit)
+    Tensor grad_b = at::empty_like(branch), grad_m = at::empty_like(main), terms = at::empty_like(branch);
     const int64_t c = branch.size(1), rows = branch.numel() / c;
+    const bool dropped = noise.defined();
+    Tensor factor = dropped ? noise : at::ones({c}, branch.options());
     sum_prelu_backward_rows(grad.data_ptr<float>(), branch.data_ptr<float>(), main.data_ptr<float>(),
-                            noise.defined() ? noise.data_ptr<float>() : nullptr, slope.data_ptr<float>(),
-                            want_b ? grad_b.data_ptr<float>() : nullptr, want_m ? grad_m.data_ptr<float>() : nullptr,
-                            want_s ? terms.data_ptr<float>() : nullptr, rows, c, main.size(1),
-                            branch.size(2) * branch.size(3), at::get_num_threads(), kParallelMin);
+                            factor.data_ptr<float>(), slope.data_ptr<float>(), grad_b.data_ptr<float>(),
+                            grad_m.data_ptr<float>(), terms.data_ptr<float>(), rows, c, main.size(1),
+                            dropped ? branch.size(2) * branch.size(3) : rows, at::get_num_threads(), kParallelMin);
+    if (!want_b) grad_b = Tensor();
+    if (!want_m) grad_m = Tensor();
     return {grad_b, grad_m, want_s ? at::sum(terms, {0, 2, 3}) : Tensor(), Tensor()};
   }
 };
