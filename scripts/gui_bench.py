@@ -256,10 +256,12 @@ def main(argv: list[str] | None = None) -> int:
 
         request = widget._snapshot_request()
         config = build_config({**request.config, "steps": steps})
-        session = TrainingSession(
+        # made on the compute thread too, as the widget's job makes it: torch work on a second thread
+        # gives that thread an OpenMP team of its own and slows every later step (napari_sizeloss.compute_thread)
+        session = call(lambda: TrainingSession(
             request.image, request.seeds, SizeBounds(request.lower, request.upper, unit=request.unit),
             spacing=request.spacing, absent=request.absent, config=config,
-        )
+        ))
         events = call(lambda: list(session.run()))
         return events[-1].images_per_s
 

@@ -4,6 +4,7 @@ Speed is measured by ``python scripts/adam_bench.py``, never asserted here.
 """
 
 import copy
+import os
 
 import pytest
 import torch
@@ -230,3 +231,30 @@ def test_make_adam_builds_flat_adam_on_the_cpu_and_training_still_learns():
         opt.step()
         losses.append(float(loss))
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_making_one_starts_no_openmp_team_on_the_calling_thread():
+    """A GUI makes the optimiser on one thread and may train on another; a second thread's OpenMP team halves
+    training speed on 2 cores (napari_sizeloss.compute_thread), so making one runs nothing in parallel."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, torch\n"
+        "torch.set_num_threads(2)\n"
+        "count = lambda: len(os.listdir('/proc/self/task'))\n"
+        "from napari_sizeloss.flat_adam import FlatAdam\n"
+        "from napari_sizeloss.network import ENet\n"
+        "model = ENet().to(memory_format=torch.channels_last)\n"
+        "before = count()\n"
+        "FlatAdam(model.parameters(), lr=1e-3)\n"
+        "made = count()\n"
+        "torch.zeros(1 << 20)  # a parallel fill: the team this test would see\n"
+        "print(before, made, count())\n"
+    )
+    if not os.path.isdir("/proc/self/task"):
+        pytest.skip("counts threads through Linux's /proc")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    before, made, after = map(int, out.stdout.split())
+    assert made == before  # no worker thread started by making the optimiser
+    assert after > before  # (the check can see one: a parallel fill starts it)

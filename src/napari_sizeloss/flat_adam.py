@@ -36,6 +36,23 @@ def _dense(t: torch.Tensor) -> bool:
     return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)
 
 
+def _zeros(n: int, like: torch.Tensor) -> torch.Tensor:
+    """``n`` zeros of ``like``'s dtype and device; on the CPU zeroed by numpy, not by torch.
+
+    torch fills a CPU tensor this large on an OpenMP team of the calling
+    thread. An optimiser is often made on another thread than the one that
+    trains (a GUI's), and a second thread's team halves training speed on
+    2 cores (see :mod:`napari_sizeloss.compute_thread`): so no team here.
+    The per-parameter copies below are each under torch's parallel grain
+    (32,768 elements; ENet's largest parameter has 9,216).
+    """
+    if like.device.type == "cpu" and like.dtype in (torch.float16, torch.float32, torch.float64):
+        out = torch.empty(n, dtype=like.dtype)  # torch's allocation (64-byte aligned), numpy's memset
+        out.numpy().fill(0)
+        return out
+    return torch.zeros(n, dtype=like.dtype, device=like.device)
+
+
 class FlatAdam(torch.optim.Adam):
     """:class:`torch.optim.Adam` (fused) over flat buffers; see the module docstring.
 
@@ -81,9 +98,7 @@ class FlatAdam(torch.optim.Adam):
         for p in params:
             offsets.append(total)
             total += -(-p.numel() // _ALIGN) * _ALIGN
-        like = {"dtype": first.dtype, "device": first.device}
-        values, grads = torch.zeros(total, **like), torch.zeros(total, **like)
-        means, squares = torch.zeros(total, **like), torch.zeros(total, **like)
+        values, grads, means, squares = (_zeros(total, first) for _ in range(4))
         steps = torch.zeros(len(params), dtype=torch.float32, device=first.device)
 
         def view(flat: torch.Tensor, p: torch.Tensor, offset: int) -> torch.Tensor:
