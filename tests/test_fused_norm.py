@@ -1,22 +1,15 @@
 """Training's batch norm + PReLU pairs as one C++ operator: torch's values within rounding, used where it applies."""
 
 import copy
-import os
-import shutil
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
+from _native import needs_op
 from torch import nn
 
-from napari_sizeloss import native_op, native_prelu
+from napari_sizeloss import native_op
 from napari_sizeloss.network import BNPReLU, ENet, PReLU, with_torch_prelu
-
-HAS_CXX = sys.platform.startswith("linux") and any(
-    shutil.which(c) for c in (os.environ.get("CXX") or "c++", "c++", "g++")
-) and native_prelu.load() is not None
-needs_op = pytest.mark.skipif(not HAS_CXX, reason="the operator is built on Linux with a C++ compiler only")
 
 
 def _fused():

@@ -12,14 +12,10 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
+from _native import needs_op
 
 from napari_sizeloss import native_op, native_prelu
 from napari_sizeloss.network import ENet, PReLU, _PReLUFunction
-
-HAS_CXX = sys.platform.startswith("linux") and any(
-    shutil.which(c) for c in (os.environ.get("CXX") or "c++", "c++", "g++")
-) and native_prelu.load() is not None
-needs_op = pytest.mark.skipif(not HAS_CXX, reason="the operator is built on Linux with a C++ compiler only")
 
 
 @pytest.fixture

@@ -230,7 +230,7 @@ def make_adam(params, lr: float, device: torch.device | str = "cpu") -> torch.op
     On 2 CPU cores torch's fused update costs about 3.6 ms per ENet step
     instead of about 17 ms for the per-parameter loop, and
     :class:`~napari_sizeloss.flat_adam.FlatAdam` (the same kernel once over
-    flat buffers) about 0.5 ms (``python scripts/adam_bench.py``). The
+    flat buffers) about 0.5-0.8 ms (``python scripts/adam_bench.py``). The
     arithmetic is Adam's in every case; the fused kernels' rounding differs
     only in the last bits. Make it after moving the model to its device and
     memory format (FlatAdam moves the parameters' values into its buffer).
