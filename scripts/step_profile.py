@@ -25,6 +25,7 @@ from napari_sizeloss.network import ENet
 KINDS = [  # in order: an operator counts for the first kind whose key it contains
     ("convolutions (forward and backward)", ("conv",)),
     ("batch norm + PReLU, fused (native_op)", ("bn_prelu", "bnprelu")),
+    ("bottleneck ends: dropout, sum, PReLU (native_op)", ("sum_prelu", "sumprelu")),
     ("PReLU (forward and backward)", ("prelu", "threshold_backward", "addcmul")),
     ("batch norm", ("batch_norm",)),
     ("max-pool / unpool", ("max_pool", "max_unpool")),
@@ -77,9 +78,9 @@ def main() -> None:
         share = sum(e.self_cpu_time_total for e in events
                     if e.key not in seen and any(k in e.key.lower() for k in keys))
         seen.update(e.key for e in events if any(k in e.key.lower() for k in keys))
-        print(f"  {label:<44} {100 * share / total:5.1f} %")
+        print(f"  {label:<48} {100 * share / total:5.1f} %")
     rest = sum(e.self_cpu_time_total for e in events if e.key not in seen)
-    print(f"  {'everything else (adds, dropout, copies)':<44} {100 * rest / total:5.1f} %")
+    print(f"  {'everything else (adds, dropout, copies)':<48} {100 * rest / total:5.1f} %")
 
 
 if __name__ == "__main__":

@@ -446,7 +446,8 @@ def test_bottlenecks_in_place_sums_match_the_definition_and_leave_the_input(kind
             weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
             # the output's gradient laid out as the output, as training's are (a gradient in the other layout
             # makes the unfused PReLU sum its slopes' terms in another order: a rounding apart)
-            weights = weights.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+            layout = torch.channels_last if channels_last else torch.contiguous_format
+            weights = weights.contiguous(memory_format=layout)
             grads = torch.autograd.grad((out * weights).sum(), [x, *block.parameters()])
         results.append((out.detach(), grads))
         assert torch.equal(x.detach(), before)  # the sum is written into the branch, not the input
