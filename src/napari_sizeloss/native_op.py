@@ -442,24 +442,26 @@ Tensor sum_prelu_composite(const Tensor& branch, const Tensor& main, const Tenso
   return at::prelu(z, slope);
 }
 
-const float* noise_ptr(const c10::optional<Tensor>& noise) {
-  return noise.has_value() && noise->defined() ? noise->data_ptr<float>() : nullptr;
+// the dropout's factor and how many rows share one image's factors: ones over all the rows for no dropout
+// (b * 1 is b, bit for bit), so that one kernel loop serves both
+std::pair<Tensor, int64_t> dropout_factor(const Tensor& branch, const Tensor& noise) {
+  if (noise.defined()) return {noise, branch.size(2) * branch.size(3)};
+  return {at::ones({branch.size(1)}, branch.options()), branch.numel() / branch.size(1)};
 }
 
-Tensor sum_prelu_apply(const Tensor& branch, const Tensor& main, const Tensor& slope,
-                       const c10::optional<Tensor>& noise) {
+Tensor sum_prelu_apply(const Tensor& branch, const Tensor& main, const Tensor& slope, const Tensor& noise) {
   Tensor y = at::empty_like(branch);
   const int64_t c = branch.size(1), rows = branch.numel() / c;
-  sum_prelu_rows(branch.data_ptr<float>(), main.data_ptr<float>(), noise_ptr(noise), slope.data_ptr<float>(),
-                 y.data_ptr<float>(), rows, c, main.size(1), branch.size(2) * branch.size(3), at::get_num_threads(),
-                 kParallelMin);
+  const auto [factor, rows_per_image] = dropout_factor(branch, noise);
+  sum_prelu_rows(branch.data_ptr<float>(), main.data_ptr<float>(), factor.data_ptr<float>(), slope.data_ptr<float>(),
+                 y.data_ptr<float>(), rows, c, main.size(1), rows_per_image, at::get_num_threads(), kParallelMin);
   return y;
 }
 
 Tensor sum_prelu_forward(const Tensor& branch, const Tensor& main, const Tensor& slope,
                          const c10::optional<Tensor>& noise) {
   if (!sum_prelu_takes(branch, main, slope, noise)) return sum_prelu_composite(branch, main, slope, noise);
-  return sum_prelu_apply(branch, main, slope, noise);
+  return sum_prelu_apply(branch, main, slope, noise.has_value() ? *noise : Tensor());
 }
 
 class SumPReLUFunction : public torch::autograd::Function<SumPReLUFunction> {
@@ -468,7 +470,7 @@ class SumPReLUFunction : public torch::autograd::Function<SumPReLUFunction> {
                         const c10::optional<Tensor>& noise) {
     Tensor n = noise.has_value() ? *noise : Tensor();
     ctx->save_for_backward({branch, main, slope, n});  // z is recomputed from these: no activation of its own
-    return sum_prelu_apply(branch, main, slope, noise);
+    return sum_prelu_apply(branch, main, slope, n);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -478,15 +480,14 @@ class SumPReLUFunction : public torch::autograd::Function<SumPReLUFunction> {
     const Tensor grad = grads[0].contiguous(at::MemoryFormat::ChannelsLast);
     const bool want_b = ctx->needs_input_grad(0), want_m = ctx->needs_input_grad(1),
                want_s = ctx->needs_input_grad(2);
-    // one kernel writes all three (ENet wants all three); no dropout: a factor of one (b * 1 is b, bit for bit)
+    // one kernel writes all three (ENet wants all three)
     Tensor grad_b = at::empty_like(branch), grad_m = at::empty_like(main), terms = at::empty_like(branch);
     const int64_t c = branch.size(1), rows = branch.numel() / c;
-    const bool dropped = noise.defined();
-    Tensor factor = dropped ? noise : at::ones({c}, branch.options());
+    const auto [factor, rows_per_image] = dropout_factor(branch, noise);
     sum_prelu_backward_rows(grad.data_ptr<float>(), branch.data_ptr<float>(), main.data_ptr<float>(),
                             factor.data_ptr<float>(), slope.data_ptr<float>(), grad_b.data_ptr<float>(),
-                            grad_m.data_ptr<float>(), terms.data_ptr<float>(), rows, c, main.size(1),
-                            dropped ? branch.size(2) * branch.size(3) : rows, at::get_num_threads(), kParallelMin);
+                            grad_m.data_ptr<float>(), terms.data_ptr<float>(), rows, c, main.size(1), rows_per_image,
+                            at::get_num_threads(), kParallelMin);
     if (!want_b) grad_b = Tensor();
     if (!want_m) grad_m = Tensor();
     return {grad_b, grad_m, want_s ? at::sum(terms, {0, 2, 3}) : Tensor(), Tensor()};

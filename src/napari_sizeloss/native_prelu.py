@@ -184,20 +184,20 @@ void prelu_planes_out(const float *restrict x, float *restrict out, const float 
     }
 }
 
-/* Training's backward, as network._PReLUFunction computes it with torch's operators:
- * gp = x <= 0 ? 0 : g (threshold_backward), gn = g - gp, gx = gp + gn * w, t = gn * x
- * (torch then sums t per channel for the slope's gradient). */
+/* Training's backward at z for the output gradient g, as network._PReLUFunction computes it with torch's
+ * operators: gp = z <= 0 ? +0 : g (threshold_backward), gn = g - gp; returns gz = gp + gn * w and sets
+ * *t = gn * z (torch then sums t per channel for the slope's gradient). */
+static inline float prelu_grad_at(float g, float z, float w, float *t) {
+    const float gp = select_bits(!(z <= 0.0f), g, 0.0f), gn = g - gp;
+    *t = gn * z;
+    return gp + gn * w;
+}
+
 static inline void prelu_grad_bits(uint32_t gb, uint32_t xbits, float w, uint32_t *gx, uint32_t *t) {
-    float g, x, gp, gn, a, b;
-    uint32_t gpb;
+    float g, x, a, b;
     memcpy(&g, &gb, 4);
     memcpy(&x, &xbits, 4);
-    uint32_t zero = -(uint32_t)(x <= 0.0f);
-    gpb = gb & ~zero;
-    memcpy(&gp, &gpb, 4);
-    gn = g - gp;
-    a = gp + gn * w;
-    b = gn * x;
+    a = prelu_grad_at(g, x, w, &b);
     memcpy(gx, &a, 4);
     memcpy(t, &b, 4);
 }
@@ -238,7 +238,8 @@ void prelu_backward_planes(const float *restrict g, const float *restrict x, con
  * through their addresses): its spatial dropout, residual sum and PReLU, y = prelu(z) with
  * z = b * n + m where the main path has the channel (c < added) and z = b * n beyond, bit for bit as
  * torch's mul_, add_ and prelu in turn. b: rows x channels (channels innermost, rows = N*H*W); m: rows x added;
- * n: the dropout's factor per image and channel (images x channels), or NULL for none (z = b + m). */
+ * n: the dropout's factor per image and channel (images x channels; the caller passes ones, one image of all
+ * the rows, for no dropout: b * 1 is b, bit for bit). */
 void sum_prelu_rows(const float *restrict b, const float *restrict m, const float *restrict n,
                     const float *restrict slope, float *restrict y, int64_t rows, int64_t channels, int64_t added,
                     int64_t rows_per_image, int threads, int64_t parallel_min) {
@@ -254,32 +255,22 @@ void sum_prelu_rows(const float *restrict b, const float *restrict m, const floa
                 next += rows_per_image;
             }
             const float *restrict br = b + r * channels, *restrict mr = m + r * added;
+            const float *restrict nr = n + image * channels;
             float *restrict yr = y + r * channels;
-            if (n != NULL) {
-                const float *restrict nr = n + image * channels;
-                for (int64_t c = 0; c < added; ++c) {
-                    const float z = br[c] * nr[c] + mr[c];
-                    yr[c] = select_bits(z > 0.0f, z, slope[c] * z);
-                }
-                for (int64_t c = added; c < channels; ++c) {
-                    const float z = br[c] * nr[c];
-                    yr[c] = select_bits(z > 0.0f, z, slope[c] * z);
-                }
-            } else {
-                for (int64_t c = 0; c < added; ++c) {
-                    const float z = br[c] + mr[c];
-                    yr[c] = select_bits(z > 0.0f, z, slope[c] * z);
-                }
-                for (int64_t c = added; c < channels; ++c)
-                    yr[c] = select_bits(br[c] > 0.0f, br[c], slope[c] * br[c]);
+            for (int64_t c = 0; c < added; ++c) {
+                const float z = br[c] * nr[c] + mr[c];
+                yr[c] = select_bits(z > 0.0f, z, slope[c] * z);
+            }
+            for (int64_t c = added; c < channels; ++c) {
+                const float z = br[c] * nr[c];
+                yr[c] = select_bits(z > 0.0f, z, slope[c] * z);
             }
         }
     }
 }
 
-/* Its backward: z recomputed as above, with n given (all ones for no dropout: b * 1 is b); gz and the slopes'
- * terms t as prelu_grad_bits computes them (torch then sums t per channel); gb = gz * n, gm = gz on the main
- * path's channels (rows x added). */
+/* Its backward: z recomputed as above (n as there); gz and the slopes' terms t as prelu_grad_at computes them
+ * (torch then sums t per channel); gb = gz * n, gm = gz on the main path's channels (rows x added). */
 void sum_prelu_backward_rows(const float *restrict g, const float *restrict b, const float *restrict m,
                              const float *restrict n, const float *restrict slope, float *restrict gb,
                              float *restrict gm, float *restrict t, int64_t rows, int64_t channels, int64_t added,
@@ -299,25 +290,16 @@ void sum_prelu_backward_rows(const float *restrict g, const float *restrict b, c
             const float *restrict br = b + o, *restrict gr = g + o, *restrict nr = n + image * channels;
             const float *restrict mr = m + r * added;
             float *restrict gbr = gb + o, *restrict tr = t + o, *restrict gmr = gm + r * added;
-            /* prelu_grad_bits in floats: gp = z <= 0 ? +0 : g, gn = g - gp, gz = gp + gn * w, t = gn * z.
-             * ivdep: eight streams are more than GCC 12 checks for overlap at run time (restrict or not), and
+            /* ivdep: eight streams are more than GCC 12 checks for overlap at run time (restrict or not), and
              * without it this loop stays scalar (3-4x slower); none of them overlap. */
             #pragma GCC ivdep
             for (int64_t c = 0; c < added; ++c) {
-                const float z = br[c] * nr[c] + mr[c];
-                const float gp = select_bits(!(z <= 0.0f), gr[c], 0.0f), gn = gr[c] - gp;
-                const float gz = gp + gn * slope[c];
-                tr[c] = gn * z;
+                const float gz = prelu_grad_at(gr[c], br[c] * nr[c] + mr[c], slope[c], &tr[c]);
                 gbr[c] = gz * nr[c];
                 gmr[c] = gz;
             }
-            for (int64_t c = added; c < channels; ++c) {
-                const float z = br[c] * nr[c];
-                const float gp = select_bits(!(z <= 0.0f), gr[c], 0.0f), gn = gr[c] - gp;
-                const float gz = gp + gn * slope[c];
-                tr[c] = gn * z;
-                gbr[c] = gz * nr[c];
-            }
+            for (int64_t c = added; c < channels; ++c)
+                gbr[c] = prelu_grad_at(gr[c], br[c] * nr[c], slope[c], &tr[c]) * nr[c];
         }
     }
 }
