@@ -200,6 +200,23 @@ def test_closure_and_several_groups_fall_back_to_torchs_step():
     _assert_same(a, b)
 
 
+def test_options_changed_after_the_layout_take_torchs_step_with_the_same_result():
+    a, opt_a, b, opt_b = _twins()
+    _step_both(a, opt_a, b, opt_b, seed=1)
+    assert opt_b._flat_grads() is not None
+    for opt in (opt_a, opt_b):
+        opt.param_groups[0]["lr"] = torch.tensor(5e-3)  # a tensor learning rate: the flat step cannot take it
+    assert opt_b._flat_grads() is None
+    _step_both(a, opt_a, b, opt_b, seed=2)
+    _assert_same(a, b)
+    for opt in (opt_a, opt_b):
+        opt.param_groups[0]["lr"] = 5e-3  # back to a float: the flat step again, its counters still right
+    assert opt_b._flat_grads() is not None
+    _step_both(a, opt_a, b, opt_b, seed=3)
+    _assert_same(a, b)
+    assert all(float(s["step"]) == 3 for s in opt_b.state.values())
+
+
 def test_grad_scaler_steps_match_torchs():
     a, opt_a, b, opt_b = _twins(channels_last=False)
     scalers = [torch.amp.GradScaler("cpu", init_scale=1024.0) for _ in range(2)]

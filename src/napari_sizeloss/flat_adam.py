@@ -36,6 +36,13 @@ def _dense(t: torch.Tensor) -> bool:
     return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)
 
 
+def _group_takes(group: dict) -> bool:
+    """Whether the flat step can take this group's options (else torch's step)."""
+    return bool(group.get("fused")) and not (
+        group.get("amsgrad") or group.get("differentiable") or group.get("capturable")
+        or torch.is_tensor(group["lr"]) or any(torch.is_tensor(b) for b in group["betas"]))
+
+
 def _zeros(n: int, like: torch.Tensor) -> torch.Tensor:
     """``n`` zeros of ``like``'s dtype and device; on the CPU zeroed by numpy, not by torch.
 
@@ -74,9 +81,7 @@ class FlatAdam(torch.optim.Adam):
             return False
         group = self.param_groups[0]
         params = group["params"]
-        if not params or not group.get("fused") or group.get("amsgrad") or group.get("differentiable") \
-                or group.get("capturable") or torch.is_tensor(group["lr"]) \
-                or any(torch.is_tensor(b) for b in group["betas"]):
+        if not params or not _group_takes(group):
             return False
         first = params[0]
         if not first.is_floating_point():
@@ -152,8 +157,7 @@ class FlatAdam(torch.optim.Adam):
         grads = [p.grad for p in params]
         if any(g is None or g.is_sparse or g.dtype != flat["grads"].dtype for g in grads):
             return None
-        group = self.param_groups[0]
-        if torch.is_tensor(group["lr"]) or group.get("amsgrad") or not group.get("fused"):
+        if not _group_takes(self.param_groups[0]):  # options changed since the layout
             return None
         return grads
 
