@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from _native import needs_op
+from _native import needs_op, reload_with_a_failing_self_test
 from torch import nn
 
 from napari_sizeloss import native_op
@@ -244,13 +244,7 @@ def test_a_wrong_fused_operator_is_refused_and_the_prelu_operator_stays(monkeypa
         native_op._self_test_bn_prelu(wrong_eps)
     native_op._self_test_bn_prelu(op)  # and passes the real one
 
-    def failing(fused):
-        raise RuntimeError("the fused batch norm and PReLU's output differs from torch's")
-
-    monkeypatch.setattr(native_op, "_self_test_bn_prelu", failing)
-    monkeypatch.setattr(native_op, "OP", None)
-    monkeypatch.setattr(native_op, "BN_PRELU", None)
-    monkeypatch.setattr(native_op, "_state", {"tried": True, "status": "test", "thread": None})
-    native_op._load(native_op._library_path(native_op._compiler()), how="cached")  # the loaded library is reused
+    reload_with_a_failing_self_test(monkeypatch, "_self_test_bn_prelu",
+                                    "the fused batch norm and PReLU's output differs from torch's")
     assert native_op.OP is not None and native_op.BN_PRELU is None
     assert native_op.status().startswith("in use (cached; batch norm not fused: the fused batch norm")

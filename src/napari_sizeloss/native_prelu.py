@@ -234,76 +234,6 @@ void prelu_backward_planes(const float *restrict g, const float *restrict x, con
 
 #include <omp.h>
 
-/* A bottleneck's end in training, one operator (napari_sizeloss.native_op's sum_prelu, which calls these
- * through their addresses): its spatial dropout, residual sum and PReLU, y = prelu(z) with
- * z = b * n + m where the main path has the channel (c < added) and z = b * n beyond, bit for bit as
- * torch's mul_, add_ and prelu in turn. b: rows x channels (channels innermost, rows = N*H*W); m: rows x added;
- * n: the dropout's factor per image and channel (images x channels; the caller passes ones, one image of all
- * the rows, for no dropout: b * 1 is b, bit for bit). */
-void sum_prelu_rows(const float *restrict b, const float *restrict m, const float *restrict n,
-                    const float *restrict slope, float *restrict y, int64_t rows, int64_t channels, int64_t added,
-                    int64_t rows_per_image, int threads, int64_t parallel_min) {
-    const int team = rows * channels >= parallel_min ? threads : 1;
-    #pragma omp parallel num_threads(team)
-    {
-        const int id = omp_get_thread_num(), nth = omp_get_num_threads();
-        const int64_t r0 = rows * id / nth, r1 = rows * (id + 1) / nth;
-        int64_t image = r0 / rows_per_image, next = (image + 1) * rows_per_image;  /* no division per row */
-        for (int64_t r = r0; r < r1; ++r) {
-            if (r == next) {
-                ++image;
-                next += rows_per_image;
-            }
-            const float *restrict br = b + r * channels, *restrict mr = m + r * added;
-            const float *restrict nr = n + image * channels;
-            float *restrict yr = y + r * channels;
-            for (int64_t c = 0; c < added; ++c) {
-                const float z = br[c] * nr[c] + mr[c];
-                yr[c] = select_bits(z > 0.0f, z, slope[c] * z);
-            }
-            for (int64_t c = added; c < channels; ++c) {
-                const float z = br[c] * nr[c];
-                yr[c] = select_bits(z > 0.0f, z, slope[c] * z);
-            }
-        }
-    }
-}
-
-/* Its backward: z recomputed as above (n as there); gz and the slopes' terms t as prelu_grad_at computes them
- * (torch then sums t per channel); gb = gz * n, gm = gz on the main path's channels (rows x added). */
-void sum_prelu_backward_rows(const float *restrict g, const float *restrict b, const float *restrict m,
-                             const float *restrict n, const float *restrict slope, float *restrict gb,
-                             float *restrict gm, float *restrict t, int64_t rows, int64_t channels, int64_t added,
-                             int64_t rows_per_image, int threads, int64_t parallel_min) {
-    const int team = rows * channels >= parallel_min ? threads : 1;
-    #pragma omp parallel num_threads(team)
-    {
-        const int id = omp_get_thread_num(), nth = omp_get_num_threads();
-        const int64_t r0 = rows * id / nth, r1 = rows * (id + 1) / nth;
-        int64_t image = r0 / rows_per_image, next = (image + 1) * rows_per_image;
-        for (int64_t r = r0; r < r1; ++r) {
-            if (r == next) {
-                ++image;
-                next += rows_per_image;
-            }
-            const int64_t o = r * channels;
-            const float *restrict br = b + o, *restrict gr = g + o, *restrict nr = n + image * channels;
-            const float *restrict mr = m + r * added;
-            float *restrict gbr = gb + o, *restrict tr = t + o, *restrict gmr = gm + r * added;
-            /* ivdep: eight streams are more than GCC 12 checks for overlap at run time (restrict or not), and
-             * without it this loop stays scalar (3-4x slower); none of them overlap. */
-            #pragma GCC ivdep
-            for (int64_t c = 0; c < added; ++c) {
-                const float gz = prelu_grad_at(gr[c], br[c] * nr[c] + mr[c], slope[c], &tr[c]);
-                gbr[c] = gz * nr[c];
-                gmr[c] = gz;
-            }
-            for (int64_t c = added; c < channels; ++c)
-                gbr[c] = prelu_grad_at(gr[c], br[c] * nr[c], slope[c], &tr[c]) * nr[c];
-        }
-    }
-}
-
 /* Training's batch norm then PReLU in one operator (napari_sizeloss.native_op's bn_prelu, which calls
  * these through their addresses), channels innermost (rows = N*H*W). Unlike the kernels above these are
  * not bit for bit torch's: the per-channel sums run in another order (within float rounding of torch's).
@@ -432,6 +362,97 @@ void bn_prelu_backward_input_rows(const float *restrict g, const float *restrict
         }
     }
 }
+
+/* A bottleneck's end in training, one operator (napari_sizeloss.native_op's sum_prelu, which calls these
+ * through their addresses): its spatial dropout, residual sum and PReLU, y = prelu(z) with
+ * z = b * n + m where the main path has the channel (c < added) and z = b * n beyond, bit for bit as
+ * torch's mul_, add_ and prelu in turn. b: rows x channels (channels innermost, rows = N*H*W); m: rows x added;
+ * n: the dropout's factor per image and channel (images x channels; the caller passes ones, one image of all
+ * the rows, for no dropout: b * 1 is b, bit for bit). */
+void sum_prelu_rows(const float *restrict b, const float *restrict m, const float *restrict n,
+                    const float *restrict slope, float *restrict y, int64_t rows, int64_t channels, int64_t added,
+                    int64_t rows_per_image, int threads, int64_t parallel_min) {
+    const int team = rows * channels >= parallel_min ? threads : 1;
+    #pragma omp parallel num_threads(team)
+    {
+        const int id = omp_get_thread_num(), nth = omp_get_num_threads();
+        const int64_t r0 = rows * id / nth, r1 = rows * (id + 1) / nth;
+        int64_t image = r0 / rows_per_image, next = (image + 1) * rows_per_image;  /* no division per row */
+        for (int64_t r = r0; r < r1; ++r) {
+            if (r == next) {
+                ++image;
+                next += rows_per_image;
+            }
+            const float *restrict br = b + r * channels, *restrict mr = m + r * added;
+            const float *restrict nr = n + image * channels;
+            float *restrict yr = y + r * channels;
+            for (int64_t c = 0; c < added; ++c) {
+                const float z = br[c] * nr[c] + mr[c];
+                yr[c] = select_bits(z > 0.0f, z, slope[c] * z);
+            }
+            for (int64_t c = added; c < channels; ++c) {
+                const float z = br[c] * nr[c];
+                yr[c] = select_bits(z > 0.0f, z, slope[c] * z);
+            }
+        }
+    }
+}
+
+/* Its backward: z recomputed as above (n as there); gz and the slope's terms gn * z as prelu_grad_at computes
+ * them; gb = gz * n, gm = gz on the main path's channels (rows x added); out[c] = the sum of the terms over the
+ * rows (the slope's gradient), summed in blocks of BN_BLOCK rows as the batch norm's sums above (scratch:
+ * threads x channels doubles, zeroed by the caller): the same bits for the same number of threads, within
+ * float rounding of torch's sum of the terms. */
+void sum_prelu_backward_rows(const float *restrict g, const float *restrict b, const float *restrict m,
+                             const float *restrict n, const float *restrict slope, float *restrict gb,
+                             float *restrict gm, double *restrict scratch, double *restrict out, int64_t rows,
+                             int64_t channels, int64_t added, int64_t rows_per_image, int threads,
+                             int64_t parallel_min) {
+    const int team = rows * channels >= parallel_min ? threads : 1;
+    #pragma omp parallel num_threads(team)
+    {
+        const int id = omp_get_thread_num(), nth = omp_get_num_threads();
+        const int64_t r0 = rows * id / nth, r1 = rows * (id + 1) / nth;
+        int64_t image = r0 / rows_per_image, next = (image + 1) * rows_per_image;
+        double *restrict part = scratch + id * channels;
+        float acc[channels];
+        for (int64_t block = r0; block < r1; block += BN_BLOCK) {
+            const int64_t e = block + BN_BLOCK < r1 ? block + BN_BLOCK : r1;
+            for (int64_t c = 0; c < channels; ++c)
+                acc[c] = 0.0f;
+            for (int64_t r = block; r < e; ++r) {
+                if (r == next) {
+                    ++image;
+                    next += rows_per_image;
+                }
+                const int64_t o = r * channels;
+                const float *restrict br = b + o, *restrict gr = g + o, *restrict nr = n + image * channels;
+                const float *restrict mr = m + r * added;
+                float *restrict gbr = gb + o, *restrict gmr = gm + r * added;
+                /* ivdep: this many streams are more than GCC 12 checks for overlap at run time (restrict or
+                 * not), and without it these loops stay scalar (3-4x slower); none of them overlap. */
+                #pragma GCC ivdep
+                for (int64_t c = 0; c < added; ++c) {
+                    float t;
+                    const float gz = prelu_grad_at(gr[c], br[c] * nr[c] + mr[c], slope[c], &t);
+                    acc[c] += t;
+                    gbr[c] = gz * nr[c];
+                    gmr[c] = gz;
+                }
+                #pragma GCC ivdep
+                for (int64_t c = added; c < channels; ++c) {
+                    float t;
+                    gbr[c] = prelu_grad_at(gr[c], br[c] * nr[c], slope[c], &t) * nr[c];
+                    acc[c] += t;
+                }
+            }
+            for (int64_t c = 0; c < channels; ++c)
+                part[c] += acc[c];
+        }
+    }
+    add_rows_of(scratch, out, channels, team);
+}
+
 """
 
 #: Compiler flags: -march=native builds for this CPU (the cache key includes the CPU's flags); no

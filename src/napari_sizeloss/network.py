@@ -289,8 +289,9 @@ def _fused_end(act: PReLU, branch: torch.Tensor, main: torch.Tensor, drop: nn.Dr
     :data:`napari_sizeloss.native_op.SUM_PRELU` for float32 channels-last
     tensors: the dropout's product, the residual sum and the PReLU in one
     pass forward and one backward, the same bits as the three operators in
-    turn (and the same dropout masks); ``drop`` then :func:`_sum_and_activate`
-    otherwise.
+    turn but for the slopes' gradient (summed in another order, within float
+    rounding), and the same dropout masks; ``drop`` then
+    :func:`_sum_and_activate` otherwise.
     """
     op = native_op.SUM_PRELU
     if (
