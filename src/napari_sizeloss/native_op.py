@@ -91,8 +91,8 @@ OP = None
 BN_PRELU = None
 
 #: ``torch.ops.napari_sizeloss.sum_prelu.default`` once built, loaded and checked (torch's ``mul``, ``add``
-#: and ``prelu`` in turn, bit for bit but for the slopes' gradient); None until then (or never). ENet's bottlenecks end with it in
-#: training: ``prelu(branch * noise + main, slope)`` (spatial dropout, residual sum, PReLU).
+#: and ``prelu`` in turn, bit for bit but for the slopes' gradient); None until then (or never). ENet's
+#: bottlenecks end with it in training: ``prelu(branch * noise + main, slope)`` (dropout, residual sum, PReLU).
 SUM_PRELU = None
 
 #: The operator in C++. It calls :mod:`napari_sizeloss.native_prelu`'s kernels, already built and checked
