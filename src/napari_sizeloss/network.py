@@ -283,6 +283,15 @@ def _dropout_noise(drop: nn.Dropout2d | None, x: torch.Tensor) -> torch.Tensor |
     return torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(1 - drop.p).div_(1 - drop.p)
 
 
+def _end(act: PReLU, branch: nn.Sequential, x: torch.Tensor, main: torch.Tensor) -> torch.Tensor:
+    """A regular or downsampling bottleneck's ``act(main + branch(x))`` (``main`` may have fewer channels):
+    :func:`_fused_end` where the operator applies, else the branch then :func:`_sum_and_activate`."""
+    if _ends_fused(act, x):
+        out, drop = _branch_before_dropout(branch, x)
+        return _fused_end(act, out, main, drop)
+    return _sum_and_activate(act, branch(x), main)
+
+
 def _fused_end(act: PReLU, branch: torch.Tensor, main: torch.Tensor, drop: nn.Dropout2d | None) -> torch.Tensor:
     """A bottleneck's end in training, ``act(main + drop(branch))``, as one operator where it can be.
 
@@ -462,10 +471,7 @@ class RegularBottleneck(nn.Module):
         self.out_act = PReLU(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _ends_fused(self.out_act, x):
-            branch, drop = _branch_before_dropout(self.branch, x)
-            return _fused_end(self.out_act, branch, x, drop)
-        return _sum_and_activate(self.out_act, self.branch(x), x)
+        return _end(self.out_act, self.branch, x, x)
 
 
 class DownsamplingBottleneck(nn.Module):
@@ -498,11 +504,7 @@ class DownsamplingBottleneck(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         main, indices = self.pool(x)
         # the main path's channels are zero beyond the first C_in: add only those
-        if _ends_fused(self.out_act, x):
-            branch, drop = _branch_before_dropout(self.branch, x)
-            return _fused_end(self.out_act, branch, main, drop), indices
-        branch = self.branch(x)
-        return _sum_and_activate(self.out_act, branch, main), indices
+        return _end(self.out_act, self.branch, x, main), indices
 
 
 class UpsamplingBottleneck(nn.Module):
