@@ -2,8 +2,8 @@
 
     python scripts/native_op_bench.py [--rounds 8] [--threads 2] [--only step256,interactive,floor] [--fused | --ends]
 
-Each round measures, with the operators (:mod:`napari_sizeloss.native_op`'s
-PReLU and, since 2026-12-07, its bottleneck ends: both the same bits) and
+Each round measures, with the PReLU operator (:mod:`napari_sizeloss.native_op`'s;
+the bottleneck ends apart, as ``--ends`` compares them; the same bits) and
 with :class:`napari_sizeloss.network._PReLUFunction` (both run the same C
 kernels of :mod:`napari_sizeloss.native_prelu`; the order flips every round),
 the median of 8 training steps as ``napari-sizeloss bench`` times them
@@ -27,7 +27,10 @@ the bit, so the check prints how far the first step's gradients are apart.
 
 ``--ends`` compares every operator but the bottleneck ends
 (:data:`napari_sizeloss.native_op.SUM_PRELU`: the spatial dropout, residual
-sum and PReLU apart) with every operator: the same bits, checked as above.
+sum and PReLU apart) with every operator: the same bits but for the end
+PReLUs' slope gradients (summed in another order since 2026-12-07's
+evening), so the check is that the first step's other gradients are the same
+to the bit, and it prints how far those slope gradients are apart.
 """
 
 from __future__ import annotations
@@ -76,7 +79,7 @@ def main() -> int:
         paths = {True: {"use": True}, False: {"use": True, "ends": False}}
         old_name, new_name = "apart", "ends"
     else:
-        paths = {True: {"use": True, "fused": False}, False: {"use": False}}
+        paths = {True: {"use": True, "fused": False, "ends": False}, False: {"use": False}}
         old_name, new_name = "function", "operator"
 
     weights, grads = {}, {}
@@ -85,15 +88,25 @@ def main() -> int:
             torch.manual_seed(0)
             step = bench.TrainStep(cpu, size=64, batch=2, channels_last=True)
             step()
-            grads[new] = [p.grad.clone() for p in step.forward.parameters()]  # the first step's
+            grads[new] = {name: p.grad.clone() for name, p in step.forward.named_parameters()}  # the first step's
             for _ in range(2):
                 step()
             weights[new] = [t.detach().clone() for t in step.forward.state_dict().values()]
-    if args.fused:  # (Adam's first steps move each weight by about +-lr whatever the gradient's size: compare those)
-        apart = max(((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
-                    for a, b in zip(grads[True], grads[False], strict=True))
-        print(f"gradients of the first training step (dropout on): at most {apart:.1e} apart "
+
+    def apart(names) -> float:
+        return max(((grads[True][n] - grads[False][n]).abs().max() / grads[False][n].abs().max().clamp_min(1e-30))
+                   .item() for n in names)
+
+    # (Adam's first steps move each weight by about +-lr whatever the gradient's size: compare gradients)
+    if args.fused:
+        print(f"gradients of the first training step (dropout on): at most {apart(grads[False]):.1e} apart "
               "(relative to each tensor's largest)")
+    elif args.ends:
+        slopes = [n for n in grads[False] if n.endswith("out_act.weight")]
+        if not all(torch.equal(grads[True][n], grads[False][n]) for n in grads[False] if n not in slopes):
+            raise SystemExit("error: the bottleneck-end operator's gradients differ beyond its slopes'")
+        print(f"gradients of the first training step (dropout on): the same to the bit but the {len(slopes)} end "
+              f"slopes', at most {apart(slopes):.1e} apart (relative to each tensor's largest)")
     elif not all(torch.equal(a, b) for a, b in zip(weights[True], weights[False], strict=True)):
         raise SystemExit("error: the operator's training steps differ from the function's")
     else:
