@@ -5,7 +5,11 @@ torch.profiler after a warm-up and prints each kind's share of the CPU time
 the profiler saw (the profiler itself adds overhead per operator, so read
 shares, not absolute times), then the median step time without the profiler.
 
-    python scripts/step_profile.py [--size 256] [--batch 1] [--steps 20] [--contiguous]
+With ``--operators N``, then the N operators (and autograd nodes, whose
+self time is their C++ or Python backward's) with the most self time, in
+ms per step as the profiler saw them, with their calls per step.
+
+    python scripts/step_profile.py [--size 256] [--batch 1] [--steps 20] [--contiguous] [--operators 12]
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--operators", type=int, default=0, metavar="N",
+                        help="also list the N operators with the most self time per step")
     parser.add_argument("--contiguous", action="store_true",
                         help="NCHW tensors (the trainer's eager path is channels-last on the CPU since 2026-12-02)")
     args = parser.parse_args()
@@ -81,6 +87,11 @@ def main() -> None:
         print(f"  {label:<48} {100 * share / total:5.1f} %")
     rest = sum(e.self_cpu_time_total for e in events if e.key not in seen)
     print(f"  {'everything else (adds, dropout, copies)':<48} {100 * rest / total:5.1f} %")
+    if args.operators > 0:
+        print(f"the {args.operators} operators with the most self time "
+              "(ms per step under the profiler, calls per step):")
+        for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[: args.operators]:
+            print(f"  {e.self_cpu_time_total / args.steps / 1000:7.2f} ms {e.count / args.steps:6.0f}x  {e.key[:90]}")
 
 
 if __name__ == "__main__":
