@@ -45,8 +45,9 @@ the slopes' gradient summed in the same pass. The same values as torch's
 ``mul``, ``add`` and this package's PReLU in turn, bit for bit (NaN payloads
 and the sign of a zero gradient aside), but for the slopes' gradient, a sum
 in another order (within float rounding of torch's), checked so before use;
-the same dropout masks, drawn from the same generator in the same order. Training steps 4-5 % faster on 2 CPU cores
-(``python scripts/native_op_bench.py --ends``).
+the same dropout masks, drawn from the same generator in the same order.
+Training steps 4-5 % faster on 2 CPU cores (``python
+scripts/native_op_bench.py --ends``).
 
 Not used, and :func:`status` says why in one line: with
 ``NAPARI_SIZELOSS_NATIVE=0``, where the C kernels are not in use, without a
