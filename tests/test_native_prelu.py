@@ -230,7 +230,7 @@ def test_a_cache_folder_that_cannot_be_made_builds_for_this_process(monkeypatch,
 
 @needs_kernel
 def test_a_kernel_that_fails_its_check_is_not_used(fresh, monkeypatch):
-    wrong = native_prelu.SOURCE.replace("select_bits(x > 0.0f, x, w * x);", "select_bits(x > 0.0f, x, w * x * 0.5f);")
+    wrong = native_prelu.SOURCE.replace("select_bits(z > 0.0f, z, w * z);", "select_bits(z > 0.0f, z, w * z * 0.5f);")
     assert wrong != native_prelu.SOURCE  # the fault is in
     monkeypatch.setattr(native_prelu, "SOURCE", wrong)
     assert native_prelu.load() is None

@@ -83,12 +83,17 @@ static inline float select_bits(int take_a, float a, float b) {
     return r;
 }
 
-/* y = x > 0 ? x : w * x, written over x, bit for bit as torch.prelu. */
+/* PReLU at z: z > 0 ? z : w * z, bit for bit as torch.prelu (NaN kept as it is). */
+static inline float prelu_at(float z, float w) {
+    return select_bits(z > 0.0f, z, w * z);
+}
+
+/* The same over x's bits, for the kernels that write over their input. */
 static inline uint32_t prelu_bits(uint32_t xb, float w) {
     float x, y;
     uint32_t yb;
     memcpy(&x, &xb, 4);
-    y = select_bits(x > 0.0f, x, w * x);
+    y = prelu_at(x, w);
     memcpy(&yb, &y, 4);
     return yb;
 }
@@ -295,7 +300,7 @@ void bn_prelu_rows(const float *restrict x, const float *restrict alpha, const f
         float *restrict yr = y + r * channels;
         for (int64_t c = 0; c < channels; ++c) {
             const float z = xr[c] * alpha[c] + shift[c];
-            yr[c] = select_bits(z > 0.0f, z, slope[c] * z);
+            yr[c] = prelu_at(z, slope[c]);
         }
     }
 }
@@ -386,14 +391,10 @@ void sum_prelu_rows(const float *restrict b, const float *restrict m, const floa
             const float *restrict br = b + r * channels, *restrict mr = m + r * added;
             const float *restrict nr = n + image * channels;
             float *restrict yr = y + r * channels;
-            for (int64_t c = 0; c < added; ++c) {
-                const float z = br[c] * nr[c] + mr[c];
-                yr[c] = select_bits(z > 0.0f, z, slope[c] * z);
-            }
-            for (int64_t c = added; c < channels; ++c) {
-                const float z = br[c] * nr[c];
-                yr[c] = select_bits(z > 0.0f, z, slope[c] * z);
-            }
+            for (int64_t c = 0; c < added; ++c)
+                yr[c] = prelu_at(br[c] * nr[c] + mr[c], slope[c]);
+            for (int64_t c = added; c < channels; ++c)
+                yr[c] = prelu_at(br[c] * nr[c], slope[c]);
         }
     }
 }
