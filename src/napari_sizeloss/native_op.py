@@ -919,6 +919,16 @@ def _sum_prelu_reference(branch, main, slope, noise, grad):
             terms.abs().sum((0, 2, 3)))
 
 
+def _sum_prelu_backward_matches(y: torch.Tensor, inputs, grad: torch.Tensor, want) -> bool:
+    """Whether ``y``'s backward for ``grad`` gives ``want``'s gradients (:func:`_sum_prelu_reference`'s) of
+    those of ``inputs`` (branch, main, slope) that require one: the branch's and main path's bit for bit,
+    the slopes' by :func:`_sums_match`."""
+    needed = [i for i, t in enumerate(inputs) if t.requires_grad]
+    got = dict(zip(needed, torch.autograd.grad(y, [inputs[i] for i in needed], grad), strict=True))
+    return all(native_prelu._same_bits(want[1 + i], got[i]) for i in (0, 1) if i in got) \
+        and (2 not in got or _sums_match(got[2], want[3], want[4]))
+
+
 def _sums_match(got: torch.Tensor, want: torch.Tensor, scale: torch.Tensor) -> bool:
     """Sums of the same terms in another order: NaN where ``want`` is NaN, its infinities, and finite values
     within 1e-5 of ``scale``, the sum of the terms' magnitudes (float rounding of either order)."""
@@ -955,8 +965,5 @@ def _self_test_sum_prelu(op) -> None:
             y = op(*inputs, noise)
             if not native_prelu._same_bits(want[0], y):
                 raise RuntimeError("the bottleneck-end operator's output differs from torch's")
-            got = dict(zip((i for i, need in enumerate(needs) if need),
-                           torch.autograd.grad(y, [t for t in inputs if t.requires_grad], grad), strict=True))
-            if not all(native_prelu._same_bits(want[1 + i], got[i]) for i in (0, 1) if i in got) \
-                    or (2 in got and not _sums_match(got[2], want[3], want[4])):
+            if not _sum_prelu_backward_matches(y, inputs, grad, want):
                 raise RuntimeError("the bottleneck-end operator's backward differs from torch's operators")
